@@ -1,0 +1,33 @@
+//! The ttrpc surface of the agent: a thin table of handlers.
+//!
+//! Each handler decodes, checks policy (later issues), and calls into a domain
+//! module. Nothing here holds a lock shared by all RPCs: ttrpc runs every
+//! request in its own task, and handlers stay independent of each other.
+
+mod agent;
+mod health;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use agent::AgentRpc;
+pub use health::{HealthService, AGENT_VERSION, API_VERSION};
+
+/// Every service the agent serves, keyed as ttrpc expects.
+pub fn services() -> HashMap<String, ttrpc::r#async::Service> {
+    let agent: Arc<dyn protos::agent_ttrpc::AgentService + Send + Sync> = Arc::new(AgentRpc::default());
+    let health: Arc<dyn protos::health_ttrpc::Health + Send + Sync> = Arc::new(HealthService);
+    let mut all = protos::agent_ttrpc::create_agent_service(agent);
+    all.extend(protos::health_ttrpc::create_health(health));
+    all
+}
+
+/// The ttrpc status for an RPC this agent does not implement yet. It names the
+/// method so an operator reading a shim log knows what is missing.
+pub(crate) fn unimplemented(service: &str, method: &str) -> ttrpc::Error {
+    tracing::warn!(service, method, "rejected call to unimplemented RPC");
+    ttrpc::Error::RpcStatus(ttrpc::get_status(
+        ttrpc::Code::UNIMPLEMENTED,
+        format!("/{service}/{method} is not implemented by this agent"),
+    ))
+}
