@@ -242,6 +242,55 @@ mod tests {
         assert!(long.parse::<SockAddr>().unwrap_err().to_string().contains("107 bytes"));
     }
 
+    /// A one-shot multiplexer that answers `reply` to the CONNECT line.
+    async fn mux_replying(reply: &'static [u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mux.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while s.read(&mut b).await.unwrap() == 1 && b[0] != b'\n' {
+                line.push(b[0]);
+            }
+            assert_eq!(line, b"CONNECT 1024");
+            s.write_all(reply).await.unwrap();
+            // Keep the stream open briefly so the client can read what follows.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        (dir, path)
+    }
+
+    #[tokio::test]
+    async fn hybrid_handshake_leaves_bytes_after_ok_in_the_stream() {
+        let (_dir, path) = mux_replying(b"OK 49152\nFRAME").await;
+        let mut s = hybrid_vsock_connect(&path, 1024, Duration::from_secs(5)).await.unwrap();
+        let mut rest = [0u8; 5];
+        s.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"FRAME");
+    }
+
+    #[tokio::test]
+    async fn hybrid_handshake_rejects_bad_and_oversized_replies() {
+        let (_dir, path) = mux_replying(b"ERR no such port\n").await;
+        let err = hybrid_vsock_connect(&path, 1024, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(err, HybridVsockError::BadReply { ref reply, .. } if reply == "ERR no such port"), "{err}");
+
+        let (_dir, path) = mux_replying(&[b'O'; 200]).await;
+        let err = hybrid_vsock_connect(&path, 1024, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(err, HybridVsockError::BadReply { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn hybrid_handshake_times_out_on_a_silent_multiplexer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mux.sock");
+        let _listener = tokio::net::UnixListener::bind(&path).unwrap(); // never accepts
+        let err = hybrid_vsock_connect(&path, 1024, Duration::from_millis(300)).await.unwrap_err();
+        assert!(matches!(err, HybridVsockError::Timeout { .. }), "{err}");
+    }
+
     #[tokio::test]
     async fn refuses_to_replace_a_live_socket_or_a_regular_file() {
         let dir = tempfile::tempdir().unwrap();
