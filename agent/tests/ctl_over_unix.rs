@@ -65,8 +65,7 @@ fn every_agent_rpc_answers_unimplemented_naming_itself_concurrently() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let client = target.connect(Duration::from_secs(5)).await.unwrap();
-        let agent_methods: Vec<&str> =
-            METHODS.iter().copied().filter(|m| !matches!(*m, "Check" | "Version")).collect();
+        let agent_methods: Vec<&str> = METHODS.iter().copied().filter(|m| !matches!(*m, "Check" | "Version")).collect();
         assert_eq!(agent_methods.len(), 40);
         // All 40 in flight at once on one connection, several rounds.
         let mut tasks = Vec::new();
@@ -160,7 +159,8 @@ fn json_logs_are_one_object_per_line_with_structured_fields() {
     agent.signal(libc::SIGTERM);
     agent.wait_exit(Duration::from_secs(15));
     let log = agent.log_text();
-    let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let lines: Vec<Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
     let ready = lines.iter().find(|v| v["message"] == "agent ready").expect("ready line");
     assert_eq!(ready["addr"], agent.addr());
     assert_eq!(ready["level"], "INFO");

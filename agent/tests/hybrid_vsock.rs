@@ -106,7 +106,8 @@ fn a_hung_guest_hits_the_timeout() {
     let mux = dir.path().join("vm.vsock");
     spawn_mux(&mux, 1024, Backend::BlackHole);
     let started = Instant::now();
-    let out = ctl(&["--addr", &format!("unix://{}", mux.display()), "--hybrid-vsock", "1024", "--timeout", "1", "check"]);
+    let out =
+        ctl(&["--addr", &format!("unix://{}", mux.display()), "--hybrid-vsock", "1024", "--timeout", "1", "check"]);
     let took = started.elapsed();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("timed out after 1s"), "{}", stderr(&out));

@@ -6,20 +6,55 @@ use protobuf::MessageFull;
 
 /// grpc.AgentService methods in kata's order, written down from kata's agent.proto.
 const KATA_AGENT_METHODS: [&str; 40] = [
-    "CreateContainer", "StartContainer", "RemoveContainer", "ExecProcess", "SignalProcess", "WaitProcess",
-    "UpdateContainer", "UpdateEphemeralMounts", "StatsContainer", "PauseContainer", "ResumeContainer",
-    "RemoveStaleVirtiofsShareMounts", "WriteStdin", "ReadStdout", "ReadStderr", "CloseStdin", "TtyWinResize",
-    "UpdateInterface", "UpdateRoutes", "ListInterfaces", "ListRoutes", "AddARPNeighbors", "GetIPTables",
-    "SetIPTables", "GetMetrics", "MemAgentMemcgSet", "MemAgentCompactSet", "CreateSandbox", "DestroySandbox",
-    "OnlineCPUMem", "ReseedRandomDev", "GetGuestDetails", "MemHotplugByProbe", "SetGuestDateTime", "CopyFile",
-    "GetOOMEvent", "AddSwap", "GetVolumeStats", "ResizeVolume", "SetPolicy",
+    "CreateContainer",
+    "StartContainer",
+    "RemoveContainer",
+    "ExecProcess",
+    "SignalProcess",
+    "WaitProcess",
+    "UpdateContainer",
+    "UpdateEphemeralMounts",
+    "StatsContainer",
+    "PauseContainer",
+    "ResumeContainer",
+    "RemoveStaleVirtiofsShareMounts",
+    "WriteStdin",
+    "ReadStdout",
+    "ReadStderr",
+    "CloseStdin",
+    "TtyWinResize",
+    "UpdateInterface",
+    "UpdateRoutes",
+    "ListInterfaces",
+    "ListRoutes",
+    "AddARPNeighbors",
+    "GetIPTables",
+    "SetIPTables",
+    "GetMetrics",
+    "MemAgentMemcgSet",
+    "MemAgentCompactSet",
+    "CreateSandbox",
+    "DestroySandbox",
+    "OnlineCPUMem",
+    "ReseedRandomDev",
+    "GetGuestDetails",
+    "MemHotplugByProbe",
+    "SetGuestDateTime",
+    "CopyFile",
+    "GetOOMEvent",
+    "AddSwap",
+    "GetVolumeStats",
+    "ResizeVolume",
+    "SetPolicy",
 ];
 
 /// (method, request full name, response full name) from a descriptor.
 fn described(file: protobuf::reflect::FileDescriptor, service: &str) -> Vec<(String, String, String)> {
     let svc = file.services().find(|s| s.proto().name() == service).unwrap_or_else(|| panic!("no service {service}"));
     svc.methods()
-        .map(|m| (m.proto().name().to_owned(), m.input_type().full_name().to_owned(), m.output_type().full_name().to_owned()))
+        .map(|m| {
+            (m.proto().name().to_owned(), m.input_type().full_name().to_owned(), m.output_type().full_name().to_owned())
+        })
         .collect()
 }
 

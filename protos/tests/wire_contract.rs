@@ -8,7 +8,9 @@
 //! so nothing was silently kept as an unknown field.
 
 use protobuf::Message;
-use protos::agent::{CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest, ReadStreamRequest, WaitProcessResponse};
+use protos::agent::{
+    CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest, ReadStreamRequest, WaitProcessResponse,
+};
 
 /// A hand-rolled protobuf writer: tags, varints, length-delimited fields.
 #[derive(Default, Clone)]
@@ -80,7 +82,8 @@ fn create_container_request_with_nested_oci_spec() {
     // oci.Root: Path=1 Readonly=2
     let root = Raw::default().string(1, "/run/kata-containers/c1/rootfs").boolean(2, true);
     // oci.Mount: destination=1 source=2 type=3 options=4
-    let mount = Raw::default().string(1, "/proc").string(2, "proc").string(3, "proc").string(4, "nosuid").string(4, "noexec");
+    let mount =
+        Raw::default().string(1, "/proc").string(2, "proc").string(3, "proc").string(4, "nosuid").string(4, "noexec");
     // oci.LinuxNamespace: Type=1 Path=2 ; oci.Linux: Namespaces=6
     let ns_pid = Raw::default().string(1, "pid");
     let ns_net = Raw::default().string(1, "network").string(2, "/var/run/netns/cni-1");
@@ -169,7 +172,10 @@ fn exec_process_request() {
     let req: ExecProcessRequest = decode(&raw);
     assert_eq!((req.container_id.as_str(), req.exec_id.as_str()), ("c1", "exec-7"));
     let su = req.string_user.as_ref().expect("string_user decoded");
-    assert_eq!((su.uid.as_str(), su.gid.as_str(), su.additionalGids.as_slice()), ("1000", "1000", &["wheel".to_owned()][..]));
+    assert_eq!(
+        (su.uid.as_str(), su.gid.as_str(), su.additionalGids.as_slice()),
+        ("1000", "1000", &["wheel".to_owned()][..])
+    );
     let p = req.process.as_ref().expect("process decoded");
     assert_eq!((p.Args.as_slice(), p.Cwd.as_str()), (&["/bin/ls".to_owned()][..], "/"));
     assert_eq!((req.stdin_port, req.stdout_port, req.stderr_port), (7, 8, 9));
@@ -223,7 +229,10 @@ fn create_sandbox_request() {
     assert!(req.sandbox_pidns);
     assert_eq!(req.sandbox_id, "sandbox-1234");
     assert_eq!(req.guest_hook_path, "/usr/share/oci/hooks");
-    assert_eq!((req.kernel_modules[0].name.as_str(), req.kernel_modules[0].parameters.as_slice()), ("vsock", &["a=1".to_owned()][..]));
+    assert_eq!(
+        (req.kernel_modules[0].name.as_str(), req.kernel_modules[0].parameters.as_slice()),
+        ("vsock", &["a=1".to_owned()][..])
+    );
 }
 
 #[test]
