@@ -7,7 +7,11 @@ TARGET       ?= x86_64-unknown-linux-gnu
 STATIC_FLAGS := -C target-feature=+crt-static
 RELEASE_DIR  := target/$(TARGET)/release
 
-.PHONY: all build release test lint fmt demo clean check-tools
+# Real peers the integration tests drive (Debian packages).
+TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates
+SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all build release test lint fmt demo clean check-tools deps
 
 all: build
 
@@ -16,13 +20,22 @@ check-tools:
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
 
+# Installs the test peers that are missing (apt-get update only when needed).
+deps:
+	@missing=$$(for p in $(TEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing test peers:" $$missing; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
 build: check-tools
 	$(CARGO) build --workspace --all-targets
 
 # Statically linked, size-optimised guest binaries (see [profile.release]).
 release: check-tools
-	RUSTFLAGS='$(STATIC_FLAGS)' $(CARGO) build --release --target $(TARGET) -p cvm-agent
-	@ls -l $(RELEASE_DIR)/cvm-agent $(RELEASE_DIR)/cvm-agent-ctl
+	RUSTFLAGS='$(STATIC_FLAGS)' $(CARGO) build --release --target $(TARGET) -p cvm-agent -p image-rs
+	@ls -l $(RELEASE_DIR)/cvm-agent $(RELEASE_DIR)/cvm-agent-ctl $(RELEASE_DIR)/image-pull
 
 lint: check-tools
 	$(CARGO) fmt --all -- --check
@@ -31,8 +44,9 @@ lint: check-tools
 fmt:
 	$(CARGO) fmt --all
 
-# Lint, then every test in the workspace (unit, wire contract, integration).
-test: lint
+# Test peers, lint, then every test in the workspace (unit, wire contract,
+# integration against real registries). CI=true makes a missing peer fatal.
+test: deps lint
 	$(CARGO) test --workspace
 
 # Starts the agent on a unix socket and drives it with the host client, as a

@@ -1,0 +1,20 @@
+//! Guest-side OCI image pull. Runs inside the confidential VM, where the
+//! registry and the network are untrusted and memory is scarce:
+//!
+//! - every digest is verified (manifest, config, compressed layer, diff_id)
+//!   before anything becomes visible;
+//! - layers stream network → hash → decompress → hash → unpack, never buffered
+//!   whole;
+//! - unpacking never writes outside the layer root.
+
+// Errors carry both digests of a mismatch so the operator sees them; they are
+// cold paths, so their size on the stack does not matter.
+#![allow(clippy::result_large_err)]
+
+pub mod bundle;
+pub mod digest;
+pub mod pipeline;
+pub mod pull;
+pub mod registry;
+pub mod store;
+pub mod unpack;

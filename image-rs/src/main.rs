@@ -1,0 +1,216 @@
+//! `image-pull`: pull an image inside the guest and unpack it as an OCI bundle.
+//!
+//!     image-pull [--work-dir DIR] [--plain-http] [--ca-file PEM] [--creds USER:PASS]
+//!                [--auth-file auth.json] [--registry-config FILE] [--platform os/arch] REF BUNDLE_DIR
+//!     image-pull gc [--work-dir DIR]
+//!
+//! Exit 0 on success; otherwise non-zero with a one-line reason on stderr.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use image_rs::bundle::{create_bundle, RootfsKind, RootfsMode};
+use image_rs::pull::{parse_reference, PullOptions, Puller};
+use image_rs::registry::auth::{AuthStore, Credentials};
+use image_rs::registry::config::RegistriesConfig;
+use image_rs::registry::http::{Distribution, HttpOptions};
+use image_rs::registry::{Platform, Registry};
+use image_rs::store::LayerStore;
+
+#[derive(Debug, Parser)]
+#[command(name = "image-pull", version, about = "Pull an OCI image inside the guest into a container bundle")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    pull: PullArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Remove layers no pulled image references.
+    Gc {
+        #[arg(long, default_value = DEFAULT_WORK_DIR)]
+        work_dir: PathBuf,
+    },
+}
+
+const DEFAULT_WORK_DIR: &str = "/run/image-rs";
+
+#[derive(Debug, Args)]
+struct PullArgs {
+    /// Store for layers and image records.
+    #[arg(long, default_value = DEFAULT_WORK_DIR)]
+    work_dir: PathBuf,
+    /// Allow plain HTTP to the image's registry.
+    #[arg(long)]
+    plain_http: bool,
+    /// Extra CA certificate(s) (PEM) to trust for registries; repeatable.
+    #[arg(long = "ca-file", value_name = "PEM")]
+    ca_files: Vec<PathBuf>,
+    /// Registry credentials USER:PASS (used over --auth-file).
+    #[arg(long, value_name = "USER:PASS")]
+    creds: Option<Credentials>,
+    /// containers/docker auth.json with registry credentials.
+    #[arg(long = "auth-file", visible_alias = "auth", value_name = "FILE")]
+    auth_file: Option<PathBuf>,
+    /// registries.conf-style TOML: mirrors, remapping, insecure/blocked registries, proxy, CAs.
+    #[arg(long, value_name = "FILE")]
+    registry_config: Option<PathBuf>,
+    /// Platform to select from a multi-platform image (default: this machine's).
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<Platform>,
+    /// Layers fetched and unpacked at once.
+    #[arg(long, default_value_t = 3)]
+    max_concurrent_layers: usize,
+    /// How to build BUNDLE_DIR/rootfs.
+    #[arg(long, value_enum, default_value = "auto")]
+    rootfs: RootfsArg,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Image reference, e.g. registry.example/app:1 or …@sha256:…
+    #[arg(value_name = "REF")]
+    reference: Option<String>,
+    /// Bundle directory to create (config.json and rootfs/).
+    #[arg(value_name = "BUNDLE_DIR")]
+    bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RootfsArg {
+    Auto,
+    Overlay,
+    Flatten,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let fmt = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false).with_target(false);
+    let _ = match cli.pull.log_format {
+        LogFormat::Text => fmt.try_init(),
+        LogFormat::Json => fmt.json().flatten_event(true).try_init(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("image-pull: cannot start async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Some(Command::Gc { work_dir }) => gc(&work_dir),
+        None => runtime.block_on(pull(cli.pull)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("image-pull: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error chain on one line, without repeating causes a message already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out.replace('\n', " ")
+}
+
+fn gc(work_dir: &std::path::Path) -> anyhow::Result<()> {
+    let store = LayerStore::open(work_dir).with_context(|| format!("opening store {}", work_dir.display()))?;
+    let stats = store.gc()?;
+    eprintln!(
+        "removed {} unreferenced layers and {} stale staging directories",
+        stats.layers_removed, stats.staging_removed
+    );
+    Ok(())
+}
+
+async fn pull(args: PullArgs) -> anyhow::Result<()> {
+    let (Some(reference), Some(bundle)) = (args.reference.as_deref(), args.bundle.as_deref()) else {
+        anyhow::bail!("usage: image-pull [OPTIONS] REF BUNDLE_DIR (see --help)");
+    };
+    let started = Instant::now();
+    let reference = parse_reference(reference)?;
+    let config = match &args.registry_config {
+        Some(p) => RegistriesConfig::load(p)?,
+        None => RegistriesConfig::default(),
+    };
+    let auth = match &args.auth_file {
+        Some(p) => AuthStore::load(p)?,
+        None => AuthStore::default(),
+    };
+    let mut extra_ca_pems = Vec::new();
+    for p in args.ca_files.iter().chain(config.ca_files.iter()) {
+        extra_ca_pems.push(std::fs::read(p).with_context(|| format!("reading CA file {}", p.display()))?);
+    }
+    let mut insecure_hosts: std::collections::HashSet<String> = config.insecure_hosts().into_iter().collect();
+    if args.plain_http {
+        insecure_hosts.insert(reference.registry().to_owned());
+    }
+    let http = Distribution::new(HttpOptions {
+        extra_ca_pems,
+        proxy: config.proxy.clone(),
+        insecure_hosts,
+        auth,
+        creds_override: args.creds.clone(),
+        ..HttpOptions::default()
+    })?;
+    let registry = Registry::new(http, config, args.platform.clone().unwrap_or_else(Platform::host));
+    let store = Arc::new(
+        LayerStore::open(&args.work_dir).with_context(|| format!("opening store {}", args.work_dir.display()))?,
+    );
+    let puller = Puller::new(
+        registry,
+        store,
+        PullOptions { max_concurrent_layers: args.max_concurrent_layers, ..PullOptions::default() },
+    );
+
+    let resolved = puller.resolve(&reference).await?;
+    tracing::info!(reference = %reference.whole(), manifest = %resolved.manifest_digest, layers = resolved.manifest.layers().len(), "resolved");
+    let pulled = puller.pull_resolved(&reference, resolved).await?;
+    let mode = match args.rootfs {
+        RootfsArg::Auto => RootfsMode::Auto,
+        RootfsArg::Overlay => RootfsMode::Overlay,
+        RootfsArg::Flatten => RootfsMode::Flatten,
+    };
+    let bundle = bundle.to_owned();
+    let layer_dirs = pulled.layer_dirs.clone();
+    let config = pulled.resolved.config.clone();
+    let kind = tokio::task::spawn_blocking(move || create_bundle(&bundle, &layer_dirs, &config, mode)).await??;
+    eprintln!(
+        "pulled {} ({}) in {:.2}s: {} layers, {} fetched, rootfs {}",
+        reference.whole(),
+        pulled.record.manifest_digest,
+        started.elapsed().as_secs_f64(),
+        pulled.layer_dirs.len(),
+        pulled.layers_fetched,
+        match kind {
+            RootfsKind::Overlay => "overlay",
+            RootfsKind::Flattened => "flattened",
+        }
+    );
+    println!("{}", pulled.record.manifest_digest);
+    Ok(())
+}

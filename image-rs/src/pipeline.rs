@@ -1,0 +1,275 @@
+//! One layer, streamed: network → compressed digest → decompress → diff_id
+//! digest → unpack into staging. The download runs on the async runtime; the
+//! CPU-bound half runs on a blocking thread; a small bounded channel joins
+//! them, so memory stays flat whatever the layer size.
+//!
+//! A dropped connection resumes with `Range: bytes=N-`; a registry that
+//! ignores Range is handled by skipping what we already have. The layer is
+//! committed only when the blob digest, blob size and diff_id all match.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::digest::{Digest, Hasher, HashingReader};
+use crate::registry::config::Source;
+use crate::registry::{Compression, Registry, RegistryError};
+use crate::store::{LayerRecord, LayerStore, Staging};
+use crate::unpack::{self, Limits, UnpackError, UnpackOptions, UnpackStats};
+
+/// Chunks in flight between download and unpack (each ≤ ~64 KiB).
+const CHANNEL_DEPTH: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("layer {digest}: blob is larger than its descriptor's {size} bytes")]
+    Oversized { digest: Digest, size: u64 },
+    #[error("layer {digest}: blob digest mismatch (got {actual}); the registry served corrupt or substituted data")]
+    BlobDigest { digest: Digest, actual: Digest },
+    #[error("layer {digest}: blob is {actual} bytes, descriptor says {size}")]
+    BlobSize { digest: Digest, size: u64, actual: u64 },
+    #[error("layer {digest}: diff_id mismatch: config says {expected}, content is {actual}")]
+    DiffId { digest: Digest, expected: Digest, actual: Digest },
+    #[error("layer {digest}: {source}")]
+    Unpack { digest: Digest, source: UnpackError },
+    #[error("layer {digest}: decompressing: {source}")]
+    Decompress { digest: Digest, source: io::Error },
+    #[error("layer {digest}: download failed after {attempts} attempts: {last}")]
+    RetriesExhausted { digest: Digest, attempts: u32, last: String },
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("layer {digest}: unpack task failed: {reason}")]
+    Task { digest: Digest, reason: String },
+}
+
+impl LayerError {
+    /// The unpack needed a lower layer that was not committed yet.
+    pub fn needs_lower_layers(&self) -> bool {
+        matches!(self, LayerError::Unpack { source: UnpackError::HardlinkTargetNotFound { .. }, .. })
+    }
+}
+
+/// Everything needed to fetch and unpack one layer.
+#[derive(Debug, Clone)]
+pub struct LayerJob {
+    pub source: Source,
+    pub blob_digest: Digest,
+    pub blob_size: u64,
+    pub compression: Compression,
+    pub diff_id: Digest,
+    pub chain_id: Digest,
+    /// Committed directories of the layers below, top-most first.
+    pub lower_roots: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub limits: Limits,
+    pub preserve_ownership: bool,
+    pub max_retries: u32,
+    pub retry_backoff: Duration,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            limits: Limits::default(),
+            preserve_ownership: true,
+            max_retries: 5,
+            retry_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Feeds the blocking side from the channel as a `Read`.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+    aborted: Arc<AtomicBool>,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                None if self.aborted.load(Ordering::Acquire) => {
+                    return Err(io::Error::new(io::ErrorKind::Interrupted, "download aborted"))
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+fn decoder<'a>(compression: Compression, r: ChannelReader) -> io::Result<Box<dyn Read + Send + 'a>> {
+    Ok(match compression {
+        Compression::None => Box::new(r),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(64 * 1024, r))),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
+    })
+}
+
+/// Fetches, verifies and unpacks one layer into the store.
+pub async fn fetch_layer(
+    registry: &Registry,
+    store: &LayerStore,
+    job: &LayerJob,
+    opts: &PipelineOptions,
+) -> Result<LayerRecord, LayerError> {
+    let started = Instant::now();
+    let staging = store.begin(&job.chain_id)?;
+    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
+    let aborted = Arc::new(AtomicBool::new(false));
+    let reader = ChannelReader { rx, current: Bytes::new(), aborted: aborted.clone() };
+
+    let mut unpack_job = job.clone();
+    // Hardlinks may name files of lower layers. If any lower layer is still
+    // being fetched, resolve against none: such a hardlink then fails with
+    // HardlinkTargetNotFound and the puller retries once all are committed
+    // (resolving against a partial stack could miss a whiteout).
+    if !unpack_job.lower_roots.iter().all(|p| p.is_dir()) {
+        unpack_job.lower_roots.clear();
+    }
+    let unpack_opts = opts.clone();
+    let root = staging.path().to_owned();
+    let unpacker = tokio::task::spawn_blocking(move || -> Result<(UnpackStats, Digest, u64), LayerError> {
+        let digest = unpack_job.blob_digest.clone();
+        let decoded = decoder(unpack_job.compression, reader)
+            .map_err(|source| LayerError::Decompress { digest: digest.clone(), source })?;
+        let mut hashed = HashingReader::new(decoded);
+        let options = UnpackOptions {
+            lower_roots: &unpack_job.lower_roots,
+            limits: unpack_opts.limits,
+            preserve_ownership: unpack_opts.preserve_ownership,
+        };
+        let stats = unpack::unpack_layer(&mut hashed, &root, &options)
+            .map_err(|source| LayerError::Unpack { digest: digest.clone(), source })?;
+        let (diff_id, len) = hashed.drain_and_finish().map_err(|source| LayerError::Decompress { digest, source })?;
+        Ok((stats, diff_id, len))
+    });
+
+    let download = download(registry, job, opts, &tx).await;
+    if download.is_err() {
+        // Before the channel closes, so the unpacker reports "aborted", not EOF.
+        aborted.store(true, Ordering::Release);
+    }
+    drop(tx);
+    let unpacked =
+        unpacker.await.map_err(|e| LayerError::Task { digest: job.blob_digest.clone(), reason: e.to_string() })?;
+    // A download failure explains an unpack failure ("aborted"), not the reverse.
+    let blob_size = download?;
+    let (stats, diff_id, uncompressed) = unpacked?;
+    if diff_id != job.diff_id {
+        return Err(LayerError::DiffId {
+            digest: job.blob_digest.clone(),
+            expected: job.diff_id.clone(),
+            actual: diff_id,
+        });
+    }
+    let record = LayerRecord {
+        chain_id: job.chain_id.clone(),
+        diff_id,
+        blob_digest: job.blob_digest.clone(),
+        blob_size,
+        unpacked_bytes: stats.bytes,
+    };
+    commit(store, staging, &record)?;
+    tracing::info!(
+        layer = %job.blob_digest,
+        compressed = blob_size,
+        uncompressed,
+        entries = stats.entries,
+        seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+        "layer verified and committed"
+    );
+    Ok(record)
+}
+
+fn commit(store: &LayerStore, staging: Staging, record: &LayerRecord) -> Result<(), LayerError> {
+    store.commit_verified(staging, record)?;
+    Ok(())
+}
+
+/// Streams the blob into `tx`, hashing it; resumes on transport errors.
+/// Returns the verified blob size.
+async fn download(
+    registry: &Registry,
+    job: &LayerJob,
+    opts: &PipelineOptions,
+    tx: &mpsc::Sender<Bytes>,
+) -> Result<u64, LayerError> {
+    let digest = &job.blob_digest;
+    let mut hasher = Hasher::default();
+    let mut attempts = 0u32;
+    let mut last_error = String::new();
+    'attempt: loop {
+        if attempts > opts.max_retries {
+            return Err(LayerError::RetriesExhausted { digest: digest.clone(), attempts, last: last_error });
+        }
+        if attempts > 0 {
+            let backoff = opts.retry_backoff.saturating_mul(1 << attempts.min(6));
+            tracing::warn!(layer = %digest, offset = hasher.len(), attempt = attempts, error = %last_error, "resuming layer download");
+            tokio::time::sleep(backoff).await;
+        }
+        attempts += 1;
+        let have = hasher.len();
+        let (mut resp, start) = match registry.open_blob(&job.source, digest, have).await {
+            Ok(r) => r,
+            Err(e @ RegistryError::Transport { .. }) => {
+                last_error = e.to_string();
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Bytes of this body we already hashed (registry ignored Range).
+        let mut skip = have - start;
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break 'attempt,
+                Err(e) => {
+                    last_error = RegistryError::transport(resp.url().as_str(), e).to_string();
+                    continue 'attempt;
+                }
+            };
+            let mut chunk = chunk;
+            if skip > 0 {
+                let n = skip.min(chunk.len() as u64) as usize;
+                let _ = chunk.split_to(n);
+                skip -= n as u64;
+                if chunk.is_empty() {
+                    continue;
+                }
+            }
+            if hasher.len() + chunk.len() as u64 > job.blob_size {
+                return Err(LayerError::Oversized { digest: digest.clone(), size: job.blob_size });
+            }
+            hasher.update(&chunk);
+            if tx.send(chunk).await.is_err() {
+                // The unpacker stopped (its error is the one to report).
+                return Ok(hasher.len());
+            }
+        }
+    }
+    let size = hasher.len();
+    if size != job.blob_size {
+        return Err(LayerError::BlobSize { digest: digest.clone(), size: job.blob_size, actual: size });
+    }
+    let actual = hasher.finish();
+    if actual != *digest {
+        return Err(LayerError::BlobDigest { digest: digest.clone(), actual });
+    }
+    Ok(size)
+}

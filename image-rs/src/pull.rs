@@ -1,0 +1,166 @@
+//! Pulling an image: resolve (verified manifest and config), then fetch the
+//! layers that are not in the store yet, concurrently, each at most once
+//! across concurrent pulls (in-process map of per-layer locks, plus a file
+//! lock across processes), then record the image.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use oci_spec::distribution::Reference;
+
+use crate::digest::Digest;
+use crate::pipeline::{fetch_layer, LayerError, LayerJob, PipelineOptions};
+use crate::registry::{layer_compression, parse_digest, Registry, RegistryError, ResolvedImage};
+use crate::store::{chain_ids, ImageRecord, LayerStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("invalid image reference {reference:?}: {reason}")]
+    Reference { reference: String, reason: String },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Layer(#[from] LayerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// Layers fetched at once. Unpacking is CPU-bound and the guest has few
+    /// vCPUs; one more than two keeps the network busy while two unpack.
+    pub max_concurrent_layers: usize,
+    pub pipeline: PipelineOptions,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions { max_concurrent_layers: 3, pipeline: PipelineOptions::default() }
+    }
+}
+
+pub struct Puller {
+    registry: Registry,
+    store: Arc<LayerStore>,
+    opts: PullOptions,
+    /// chain id → lock held while one task fetches that layer.
+    inflight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// The result of a pull: the image record and its layer directories.
+#[derive(Debug, Clone)]
+pub struct PulledImage {
+    pub record: ImageRecord,
+    pub resolved: ResolvedImage,
+    /// Committed layer directories, bottom first.
+    pub layer_dirs: Vec<PathBuf>,
+    pub layers_fetched: usize,
+}
+
+pub fn parse_reference(s: &str) -> Result<Reference, PullError> {
+    s.parse::<Reference>().map_err(|e| PullError::Reference { reference: s.to_owned(), reason: e.to_string() })
+}
+
+impl Puller {
+    pub fn new(registry: Registry, store: Arc<LayerStore>, opts: PullOptions) -> Self {
+        Puller { registry, store, opts, inflight: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn store(&self) -> &LayerStore {
+        &self.store
+    }
+
+    /// Resolves `reference` against the registry (always: the manifest is
+    /// re-verified on every pull, cached layers or not).
+    pub async fn resolve(&self, reference: &Reference) -> Result<ResolvedImage, PullError> {
+        Ok(self.registry.resolve(reference).await?)
+    }
+
+    /// Pulls a resolved image's missing layers and records the image.
+    pub async fn pull_resolved(
+        &self,
+        reference: &Reference,
+        resolved: ResolvedImage,
+    ) -> Result<PulledImage, PullError> {
+        let diff_ids: Vec<Digest> = resolved
+            .config
+            .rootfs()
+            .diff_ids()
+            .iter()
+            .map(|d| parse_digest("config diff_id", d))
+            .collect::<Result<_, _>>()?;
+        let chains = chain_ids(&diff_ids);
+        let mut jobs = Vec::with_capacity(chains.len());
+        for (i, desc) in resolved.manifest.layers().iter().enumerate() {
+            let lower_roots = chains[..i].iter().rev().map(|c| self.store.layer_path(c)).collect();
+            jobs.push(LayerJob {
+                source: resolved.source.clone(),
+                blob_digest: parse_digest("layer descriptor", desc.digest().as_ref())?,
+                blob_size: desc.size(),
+                compression: layer_compression(desc.media_type())?,
+                diff_id: diff_ids[i].clone(),
+                chain_id: chains[i].clone(),
+                lower_roots,
+            });
+        }
+
+        let mut fetched = 0usize;
+        let mut pending = jobs.iter();
+        let mut running = FuturesOrdered::new();
+        let mut retry_after_lowers = Vec::new();
+        loop {
+            while running.len() < self.opts.max_concurrent_layers.max(1) {
+                let Some(job) = pending.next() else { break };
+                running.push_back(self.ensure_layer(job));
+            }
+            match running.next().await {
+                Some(Ok(was_fetched)) => fetched += usize::from(was_fetched),
+                Some(Err((job, e))) if e.needs_lower_layers() => retry_after_lowers.push(job),
+                Some(Err((_, e))) => return Err(e.into()),
+                None => break,
+            }
+        }
+        // Layers whose hardlinks point into lower layers that were still in
+        // flight: every lower layer is committed now, so retry them in order.
+        for job in retry_after_lowers {
+            fetched += usize::from(self.ensure_layer(job).await.map_err(|(_, e)| e)?);
+        }
+
+        let record = ImageRecord {
+            manifest_digest: resolved.manifest_digest.clone(),
+            references: vec![reference.whole()],
+            config_digest: resolved.config_digest.clone(),
+            chain_ids: chains.clone(),
+            config: serde_json::from_slice(&resolved.config_bytes).unwrap_or(serde_json::Value::Null),
+        };
+        self.store.put_image(&record)?;
+        let layer_dirs = chains.iter().map(|c| self.store.layer_path(c)).collect();
+        Ok(PulledImage { record, resolved, layer_dirs, layers_fetched: fetched })
+    }
+
+    /// Makes sure one layer is committed; true when this call fetched it.
+    async fn ensure_layer<'a>(&self, job: &'a LayerJob) -> Result<bool, (&'a LayerJob, LayerError)> {
+        let lock = {
+            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(job.chain_id.clone()).or_default().clone()
+        };
+        let _in_process = lock.lock().await;
+        if self.store.layer(&job.chain_id).map_err(|e| (job, e.into()))?.is_some() {
+            tracing::debug!(layer = %job.blob_digest, "layer already in the store");
+            return Ok(false);
+        }
+        let store = self.store.clone();
+        let chain = job.chain_id.clone();
+        let _cross_process = tokio::task::spawn_blocking(move || store.lock_layer(&chain))
+            .await
+            .map_err(|e| (job, LayerError::Task { digest: job.blob_digest.clone(), reason: e.to_string() }))?
+            .map_err(|e| (job, e.into()))?;
+        if self.store.layer(&job.chain_id).map_err(|e| (job, e.into()))?.is_some() {
+            return Ok(false);
+        }
+        fetch_layer(&self.registry, &self.store, job, &self.opts.pipeline).await.map_err(|e| (job, e))?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,310 @@
+//! `image-pull` end to end against a real Distribution registry: images built
+//! by our OCI layout writer, pushed by skopeo, pulled and unpacked by the real
+//! CLI binary. Each case checks the bundle on disk, not just the exit code.
+
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use support::layout::{Compression, ImageBuilder, LayerSpec, TarEntry};
+use support::registry::{Registry, RegistryOptions};
+
+const PULL: &str = env!("CARGO_BIN_EXE_image-pull");
+
+fn image_pull(args: &[&str]) -> Output {
+    Command::new(PULL).args(args).output().expect("run image-pull")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn push(reg: &Registry, img: &support::layout::BuiltImage, repo_tag: &str) {
+    let layout = tempfile::tempdir().unwrap();
+    img.write_to_layout(layout.path(), "t");
+    reg.push_oci_layout(layout.path(), "t", repo_tag);
+}
+
+fn two_layer_image() -> support::layout::BuiltImage {
+    ImageBuilder::new()
+        .layer(LayerSpec::entries(
+            vec![
+                TarEntry::dir("etc"),
+                TarEntry::file("etc/passwd", "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"),
+                TarEntry::file("etc/group", "root:x:0:\napp:x:1000:\nwheel:x:10:app\n"),
+                TarEntry::dir("data"),
+                TarEntry::file("data/keep", "base"),
+                TarEntry::file("data/gone", "to be whited out"),
+                TarEntry::dir("opq"),
+                TarEntry::file("opq/old", "hidden by opaque"),
+                TarEntry::file("bin/tool", "#!/bin/sh\n").mode(0o4755),
+            ],
+            Compression::GzipMultiMember,
+        ))
+        .layer(LayerSpec::entries(
+            vec![
+                TarEntry::whiteout("data/gone"),
+                TarEntry::opaque("opq"),
+                TarEntry::file("opq/new", "fresh"),
+                TarEntry::hardlink("data/keep-link", "data/keep"),
+                TarEntry::symlink("data/abs", "/etc/passwd"),
+            ],
+            Compression::Zstd,
+        ))
+        .entrypoint(&["/bin/tool"])
+        .cmd(&["--serve"])
+        .env("FOO=bar")
+        .working_dir("/data")
+        .user("app")
+        .label("team", "confidential")
+        .stop_signal("SIGINT")
+        .build()
+}
+
+fn check_bundle(bundle: &Path) {
+    let root = bundle.join("rootfs");
+    assert_eq!(std::fs::read_to_string(root.join("data/keep")).unwrap(), "base");
+    assert!(!root.join("data/gone").exists(), "whiteout not applied");
+    assert!(!root.join("opq/old").exists(), "opaque dir not applied");
+    assert_eq!(std::fs::read_to_string(root.join("opq/new")).unwrap(), "fresh");
+    assert_eq!(std::fs::read_to_string(root.join("data/keep-link")).unwrap(), "base");
+    assert_eq!(
+        std::fs::metadata(root.join("data/keep")).unwrap().ino(),
+        std::fs::metadata(root.join("data/keep-link")).unwrap().ino(),
+        "hardlink across layers must share the inode"
+    );
+    assert_eq!(std::fs::read_link(root.join("data/abs")).unwrap(), Path::new("/etc/passwd"));
+    assert_eq!(std::fs::metadata(root.join("bin/tool")).unwrap().mode() & 0o7777, 0o4755);
+
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(spec["process"]["args"], serde_json::json!(["/bin/tool", "--serve"]));
+    assert_eq!(spec["process"]["cwd"], "/data");
+    assert_eq!(spec["process"]["user"]["uid"], 1000);
+    assert_eq!(spec["process"]["user"]["gid"], 1000);
+    assert_eq!(spec["process"]["user"]["additionalGids"], serde_json::json!([10]));
+    assert!(spec["process"]["env"].as_array().unwrap().iter().any(|e| e == "FOO=bar"));
+    assert_eq!(spec["annotations"]["team"], "confidential");
+    assert_eq!(spec["annotations"]["org.opencontainers.image.stopSignal"], "SIGINT");
+    assert_eq!(spec["root"]["path"], "rootfs");
+}
+
+fn unmount_bundle(bundle: &Path) {
+    let _ = Command::new("umount").arg(bundle.join("rootfs")).status();
+}
+
+#[test]
+fn pulls_a_gzip_and_zstd_image_into_a_bundle_and_reuses_layers() {
+    if !support::require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let reg = Registry::start(RegistryOptions::plain());
+    let img = two_layer_image();
+    push(&reg, &img, "app:1");
+    let work = tempfile::tempdir().unwrap();
+    let bundles = tempfile::tempdir().unwrap();
+    let reference = reg.reference("app:1");
+    let work_dir = work.path().to_str().unwrap();
+
+    for (i, mode) in ["flatten", "auto"].iter().enumerate() {
+        let bundle = bundles.path().join(format!("b{i}"));
+        let out = image_pull(&[
+            "--work-dir",
+            work_dir,
+            "--plain-http",
+            "--rootfs",
+            mode,
+            &reference,
+            bundle.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        check_bundle(&bundle);
+        // The second pull verifies the manifest again but fetches no layer.
+        let fetched = if i == 0 { "2 fetched" } else { "0 fetched" };
+        assert!(stderr(&out).contains(fetched), "{mode}: {}", stderr(&out));
+        unmount_bundle(&bundle);
+    }
+    let layers =
+        std::fs::read_dir(work.path().join("layers")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count();
+    assert_eq!(layers, 2);
+    assert_eq!(std::fs::read_dir(work.path().join("staging")).unwrap().count(), 0, "no staging left behind");
+}
+
+#[test]
+fn a_corrupted_blob_is_refused_and_nothing_enters_the_store() {
+    if !support::require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let reg = Registry::start(RegistryOptions::plain());
+    let img = two_layer_image();
+    push(&reg, &img, "app:1");
+    // Flip one byte of the zstd layer in the registry's storage.
+    let digest = img.layer_digests()[1].clone();
+    let path = reg.blob_path(&digest);
+    let mut data = std::fs::read(&path).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(&path, data).unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let bundle = tempfile::tempdir().unwrap().path().join("b");
+    let out = image_pull(&[
+        "--work-dir",
+        work.path().to_str().unwrap(),
+        "--plain-http",
+        &reg.reference("app:1"),
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains(&digest), "the error must name the bad layer: {err}");
+    assert_eq!(err.trim().lines().filter(|l| l.starts_with("image-pull:")).count(), 1, "one-line reason: {err}");
+    // The good layer may be committed; the corrupted one must not be, and no bundle exists.
+    let records: Vec<_> =
+        std::fs::read_dir(work.path().join("layers")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(records.len() <= 2, "{records:?}");
+    assert!(!bundle.join("config.json").exists());
+    assert_eq!(std::fs::read_dir(work.path().join("staging")).unwrap().count(), 0);
+}
+
+#[test]
+fn a_digest_reference_must_match_the_manifest() {
+    if !support::require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let reg = Registry::start(RegistryOptions::plain());
+    push(&reg, &two_layer_image(), "app:1");
+    let wrong = format!("{}/app@sha256:{}", reg.host(), "0".repeat(64));
+    let work = tempfile::tempdir().unwrap();
+    let out =
+        image_pull(&["--work-dir", work.path().to_str().unwrap(), "--plain-http", &wrong, "/tmp/never-created-bundle"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not found") || stderr(&out).contains("digest mismatch"), "{}", stderr(&out));
+    assert!(!Path::new("/tmp/never-created-bundle").exists());
+}
+
+fn small_image(marker: &str) -> support::layout::BuiltImage {
+    ImageBuilder::new()
+        .layer(LayerSpec::entries(vec![TarEntry::file("marker", marker.to_owned())], Compression::Gzip))
+        .cmd(&["/marker"])
+        .build()
+}
+
+fn pull_ok(extra: &[&str], reference: &str) -> (tempfile::TempDir, String) {
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("bundle");
+    let mut args = vec!["--work-dir", work.path().to_str().unwrap(), "--rootfs", "flatten"];
+    args.extend_from_slice(extra);
+    args.push(reference);
+    args.push(bundle.to_str().unwrap());
+    let out = image_pull(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let marker = std::fs::read_to_string(bundle.join("rootfs/marker")).unwrap();
+    (work, marker)
+}
+
+#[test]
+fn tls_with_basic_auth_needs_the_ca_and_the_credentials() {
+    if !support::require_tools(&["docker-registry", "skopeo", "openssl", "htpasswd"]) {
+        return;
+    }
+    let reg = Registry::start(RegistryOptions::tls().with_basic("alice", "s3cret"));
+    push(&reg, &small_image("tls"), "private:1");
+    let ca = reg.ca_file().unwrap().to_str().unwrap().to_owned();
+    let reference = reg.reference("private:1");
+    let (_w, marker) = pull_ok(&["--ca-file", &ca, "--creds", "alice:s3cret"], &reference);
+    assert_eq!(marker, "tls");
+
+    let work = tempfile::tempdir().unwrap();
+    let wd = work.path().to_str().unwrap();
+    let b = work.path().join("b");
+    let no_ca = image_pull(&["--work-dir", wd, "--creds", "alice:s3cret", &reference, b.to_str().unwrap()]);
+    assert!(!no_ca.status.success());
+    assert!(stderr(&no_ca).to_lowercase().contains("certificate"), "{}", stderr(&no_ca));
+    let no_creds = image_pull(&["--work-dir", wd, "--ca-file", &ca, &reference, b.to_str().unwrap()]);
+    assert!(!no_creds.status.success());
+    assert!(stderr(&no_creds).contains("requires credentials"), "{}", stderr(&no_creds));
+    let wrong = image_pull(&["--work-dir", wd, "--ca-file", &ca, "--creds", "alice:nope", &reference, b.to_str().unwrap()]);
+    assert!(!wrong.status.success());
+    assert!(stderr(&wrong).contains("not authorized"), "{}", stderr(&wrong));
+    assert!(!b.join("config.json").exists());
+
+    // The same credentials from an auth.json.
+    let auth = work.path().join("auth.json");
+    let b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode("alice:s3cret")
+    };
+    std::fs::write(&auth, format!(r#"{{"auths": {{"{}": {{"auth": "{b64}"}}}}}}"#, reg.host())).unwrap();
+    let (_w, marker) = pull_ok(&["--ca-file", &ca, "--auth-file", auth.to_str().unwrap()], &reference);
+    assert_eq!(marker, "tls");
+}
+
+#[test]
+fn bearer_token_flow_through_the_realm() {
+    if !support::require_tools(&["docker-registry", "skopeo", "openssl"]) {
+        return;
+    }
+    let reg = Registry::start(RegistryOptions::plain().with_token("bob", "pw"));
+    push(&reg, &small_image("bearer"), "tok:1");
+    let before = reg.token_server().unwrap().requests().len();
+    let (_w, marker) = pull_ok(&["--plain-http", "--creds", "bob:pw"], &reg.reference("tok:1"));
+    assert_eq!(marker, "bearer");
+    let requests = reg.token_server().unwrap().requests();
+    assert!(requests.len() > before, "the token server was never asked");
+}
+
+#[test]
+fn an_index_resolves_to_the_requested_platform() {
+    if !support::require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    use support::layout::{write_index_layout, Platform};
+    let reg = Registry::start(RegistryOptions::plain());
+    let layout = tempfile::tempdir().unwrap();
+    let amd = ImageBuilder::new().layer(LayerSpec::entries(vec![TarEntry::file("marker", "amd64")], Compression::Gzip)).cmd(&["/x"]);
+    let arm = ImageBuilder::new().layer(LayerSpec::entries(vec![TarEntry::file("marker", "arm64")], Compression::Zstd)).cmd(&["/x"]);
+    write_index_layout(layout.path(), "t", &[(Platform::parse("linux/amd64"), amd), (Platform::parse("linux/arm64/v8"), arm)]);
+    reg.push_with_skopeo_args(layout.path(), "t", "multi:1", &[]).unwrap();
+    let reference = reg.reference("multi:1");
+    assert_eq!(pull_ok(&["--plain-http", "--platform", "linux/amd64"], &reference).1, "amd64");
+    assert_eq!(pull_ok(&["--plain-http", "--platform", "linux/arm64"], &reference).1, "arm64");
+    let work = tempfile::tempdir().unwrap();
+    let out = image_pull(&["--work-dir", work.path().to_str().unwrap(), "--plain-http", "--platform", "linux/s390x", &reference, work.path().join("b").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("linux/amd64, linux/arm64/v8"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_connection_dropped_mid_layer_resumes_with_range() {
+    if !support::require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    use support::proxy::CutProxy;
+    let reg = Registry::start(RegistryOptions::plain());
+    // Incompressible content so the blob is large enough to cut in the middle.
+    let mut data = vec![0u8; 2 * 1024 * 1024];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let img = ImageBuilder::new().layer(LayerSpec::entries(vec![TarEntry::file("big", data.clone())], Compression::Gzip)).cmd(&["/big"]).build();
+    push(&reg, &img, "big:1");
+    let proxy = CutProxy::start(&reg.host());
+    let digest = img.layer_digests()[0].clone();
+    proxy.cut_after(&digest, 700_000, 2);
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("b");
+    let reference = format!("{}/big:1", proxy.host());
+    let out = image_pull(&["--work-dir", work.path().to_str().unwrap(), "--plain-http", &reference, bundle.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(bundle.join("rootfs/big")).unwrap(), data);
+    assert_eq!(proxy.cuts(), 2);
+    let ranges = proxy.range_requests(&digest);
+    assert!(ranges.iter().any(|r| r.starts_with("bytes=") && r != "bytes=0-"), "no resume request: {ranges:?}");
+    let _ = Command::new("umount").arg(bundle.join("rootfs")).status();
+}
