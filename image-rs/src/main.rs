@@ -68,6 +68,10 @@ struct PullArgs {
     /// Layers fetched and unpacked at once.
     #[arg(long, default_value_t = 3)]
     max_concurrent_layers: usize,
+    /// Most bytes of file content one layer may unpack (e.g. 2G); the free
+    /// space of the store's filesystem bounds it in any case.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_layer_bytes: Option<u64>,
     /// How to build BUNDLE_DIR/rootfs.
     #[arg(long, value_enum, default_value = "auto")]
     rootfs: RootfsArg,
@@ -120,6 +124,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `123`, `64K`, `512M`, `2G` (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        Some((i, 'T' | 't')) => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size like 512M or 2G"))
 }
 
 /// The error chain on one line, without repeating causes a message already quotes.
@@ -181,11 +200,11 @@ async fn pull(args: PullArgs) -> anyhow::Result<()> {
     let store = Arc::new(
         LayerStore::open(&args.work_dir).with_context(|| format!("opening store {}", args.work_dir.display()))?,
     );
-    let puller = Puller::new(
-        registry,
-        store,
-        PullOptions { max_concurrent_layers: args.max_concurrent_layers, ..PullOptions::default() },
-    );
+    let mut opts = PullOptions { max_concurrent_layers: args.max_concurrent_layers, ..PullOptions::default() };
+    if let Some(max) = args.max_layer_bytes {
+        opts.pipeline.limits.max_bytes = max;
+    }
+    let puller = Puller::new(registry, store, opts);
 
     let resolved = puller.resolve(&reference).await?;
     tracing::info!(reference = %reference.whole(), manifest = %resolved.manifest_digest, layers = resolved.manifest.layers().len(), "resolved");

@@ -20,7 +20,7 @@ use crate::digest::{Digest, Hasher, HashingReader};
 use crate::registry::config::Source;
 use crate::registry::{Compression, Registry, RegistryError};
 use crate::store::{LayerRecord, LayerStore, Staging};
-use crate::unpack::{self, Limits, UnpackError, UnpackOptions, UnpackStats};
+use crate::unpack::{self, Limits, LowerGate, UnpackError, UnpackOptions, UnpackStats};
 
 /// Chunks in flight between download and unpack (each ≤ ~64 KiB).
 const CHANNEL_DEPTH: usize = 16;
@@ -49,10 +49,12 @@ pub enum LayerError {
     Task { digest: Digest, reason: String },
 }
 
-impl LayerError {
-    /// The unpack needed a lower layer that was not committed yet.
-    pub fn needs_lower_layers(&self) -> bool {
-        matches!(self, LayerError::Unpack { source: UnpackError::HardlinkTargetNotFound { .. }, .. })
+/// Marks the layer's unpack as abandoned when the pull stops waiting for it.
+struct AbortOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
@@ -134,14 +136,24 @@ pub async fn fetch_layer(
     let aborted = Arc::new(AtomicBool::new(false));
     let reader = ChannelReader { rx, current: Bytes::new(), aborted: aborted.clone() };
 
-    let mut unpack_job = job.clone();
-    // Hardlinks may name files of lower layers. If any lower layer is still
-    // being fetched, resolve against none: such a hardlink then fails with
-    // HardlinkTargetNotFound and the puller retries once all are committed
-    // (resolving against a partial stack could miss a whiteout).
-    if !unpack_job.lower_roots.iter().all(|p| p.is_dir()) {
-        unpack_job.lower_roots.clear();
-    }
+    let _abort_if_dropped = AbortOnDrop(aborted.clone());
+    let unpack_job = job.clone();
+    // Layers unpack concurrently; one that needs the layers below it (a
+    // hardlink into them, an implicit parent directory) waits here until they
+    // are committed, or until this pull is abandoned.
+    let gate = {
+        let lowers = job.lower_roots.clone();
+        let aborted = aborted.clone();
+        LowerGate(Arc::new(move || {
+            while !lowers.iter().all(|p| p.is_dir()) {
+                if aborted.load(Ordering::Acquire) {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            true
+        }))
+    };
     let unpack_opts = opts.clone();
     let root = staging.path().to_owned();
     let unpacker = tokio::task::spawn_blocking(move || -> Result<(UnpackStats, Digest, u64), LayerError> {
@@ -151,6 +163,7 @@ pub async fn fetch_layer(
         let mut hashed = HashingReader::new(decoded);
         let options = UnpackOptions {
             lower_roots: &unpack_job.lower_roots,
+            lower_gate: Some(gate),
             limits: unpack_opts.limits,
             preserve_ownership: unpack_opts.preserve_ownership,
         };

@@ -109,7 +109,6 @@ impl Puller {
         let mut fetched = 0usize;
         let mut pending = jobs.iter();
         let mut running = FuturesOrdered::new();
-        let mut retry_after_lowers = Vec::new();
         loop {
             while running.len() < self.opts.max_concurrent_layers.max(1) {
                 let Some(job) = pending.next() else { break };
@@ -117,15 +116,9 @@ impl Puller {
             }
             match running.next().await {
                 Some(Ok(was_fetched)) => fetched += usize::from(was_fetched),
-                Some(Err((job, e))) if e.needs_lower_layers() => retry_after_lowers.push(job),
                 Some(Err((_, e))) => return Err(e.into()),
                 None => break,
             }
-        }
-        // Layers whose hardlinks point into lower layers that were still in
-        // flight: every lower layer is committed now, so retry them in order.
-        for job in retry_after_lowers {
-            fetched += usize::from(self.ensure_layer(job).await.map_err(|(_, e)| e)?);
         }
 
         let record = ImageRecord {

@@ -225,7 +225,8 @@ fn tls_with_basic_auth_needs_the_ca_and_the_credentials() {
     let no_creds = image_pull(&["--work-dir", wd, "--ca-file", &ca, &reference, b.to_str().unwrap()]);
     assert!(!no_creds.status.success());
     assert!(stderr(&no_creds).contains("requires credentials"), "{}", stderr(&no_creds));
-    let wrong = image_pull(&["--work-dir", wd, "--ca-file", &ca, "--creds", "alice:nope", &reference, b.to_str().unwrap()]);
+    let wrong =
+        image_pull(&["--work-dir", wd, "--ca-file", &ca, "--creds", "alice:nope", &reference, b.to_str().unwrap()]);
     assert!(!wrong.status.success());
     assert!(stderr(&wrong).contains("not authorized"), "{}", stderr(&wrong));
     assert!(!b.join("config.json").exists());
@@ -263,15 +264,31 @@ fn an_index_resolves_to_the_requested_platform() {
     use support::layout::{write_index_layout, Platform};
     let reg = Registry::start(RegistryOptions::plain());
     let layout = tempfile::tempdir().unwrap();
-    let amd = ImageBuilder::new().layer(LayerSpec::entries(vec![TarEntry::file("marker", "amd64")], Compression::Gzip)).cmd(&["/x"]);
-    let arm = ImageBuilder::new().layer(LayerSpec::entries(vec![TarEntry::file("marker", "arm64")], Compression::Zstd)).cmd(&["/x"]);
-    write_index_layout(layout.path(), "t", &[(Platform::parse("linux/amd64"), amd), (Platform::parse("linux/arm64/v8"), arm)]);
+    let amd = ImageBuilder::new()
+        .layer(LayerSpec::entries(vec![TarEntry::file("marker", "amd64")], Compression::Gzip))
+        .cmd(&["/x"]);
+    let arm = ImageBuilder::new()
+        .layer(LayerSpec::entries(vec![TarEntry::file("marker", "arm64")], Compression::Zstd))
+        .cmd(&["/x"]);
+    write_index_layout(
+        layout.path(),
+        "t",
+        &[(Platform::parse("linux/amd64"), amd), (Platform::parse("linux/arm64/v8"), arm)],
+    );
     reg.push_with_skopeo_args(layout.path(), "t", "multi:1", &[]).unwrap();
     let reference = reg.reference("multi:1");
     assert_eq!(pull_ok(&["--plain-http", "--platform", "linux/amd64"], &reference).1, "amd64");
     assert_eq!(pull_ok(&["--plain-http", "--platform", "linux/arm64"], &reference).1, "arm64");
     let work = tempfile::tempdir().unwrap();
-    let out = image_pull(&["--work-dir", work.path().to_str().unwrap(), "--plain-http", "--platform", "linux/s390x", &reference, work.path().join("b").to_str().unwrap()]);
+    let out = image_pull(&[
+        "--work-dir",
+        work.path().to_str().unwrap(),
+        "--plain-http",
+        "--platform",
+        "linux/s390x",
+        &reference,
+        work.path().join("b").to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("linux/amd64, linux/arm64/v8"), "{}", stderr(&out));
 }
@@ -292,7 +309,10 @@ fn a_connection_dropped_mid_layer_resumes_with_range() {
         x ^= x << 17;
         *b = x as u8;
     }
-    let img = ImageBuilder::new().layer(LayerSpec::entries(vec![TarEntry::file("big", data.clone())], Compression::Gzip)).cmd(&["/big"]).build();
+    let img = ImageBuilder::new()
+        .layer(LayerSpec::entries(vec![TarEntry::file("big", data.clone())], Compression::Gzip))
+        .cmd(&["/big"])
+        .build();
     push(&reg, &img, "big:1");
     let proxy = CutProxy::start(&reg.host());
     let digest = img.layer_digests()[0].clone();
@@ -300,11 +320,227 @@ fn a_connection_dropped_mid_layer_resumes_with_range() {
     let work = tempfile::tempdir().unwrap();
     let bundle = work.path().join("b");
     let reference = format!("{}/big:1", proxy.host());
-    let out = image_pull(&["--work-dir", work.path().to_str().unwrap(), "--plain-http", &reference, bundle.to_str().unwrap()]);
+    let out = image_pull(&[
+        "--work-dir",
+        work.path().to_str().unwrap(),
+        "--plain-http",
+        &reference,
+        bundle.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read(bundle.join("rootfs/big")).unwrap(), data);
     assert_eq!(proxy.cuts(), 2);
     let ranges = proxy.range_requests(&digest);
     assert!(ranges.iter().any(|r| r.starts_with("bytes=") && r != "bytes=0-"), "no resume request: {ranges:?}");
     let _ = Command::new("umount").arg(bundle.join("rootfs")).status();
+}
+
+#[test]
+fn concurrent_pulls_of_one_image_fetch_each_layer_once() {
+    if !support::require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    use support::proxy::CutProxy;
+    let reg = Registry::start(RegistryOptions::plain());
+    let img = two_layer_image();
+    push(&reg, &img, "app:1");
+    let proxy = CutProxy::start(&reg.host());
+    let work = tempfile::tempdir().unwrap();
+    let reference = format!("{}/app:1", proxy.host());
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            let bundle = work.path().join(format!("b{i}"));
+            Command::new(PULL)
+                .args([
+                    "--work-dir",
+                    work.path().join("store").to_str().unwrap(),
+                    "--plain-http",
+                    "--rootfs",
+                    "flatten",
+                ])
+                .args([reference.as_str(), bundle.to_str().unwrap()])
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    for i in 0..4 {
+        check_bundle(&work.path().join(format!("b{i}")));
+    }
+    for digest in img.layer_digests() {
+        let gets = proxy.requests_for(&digest).len();
+        assert_eq!(gets, 1, "layer {digest} fetched {gets} times by 4 concurrent pulls");
+    }
+    // Every pull re-verifies the manifest.
+    assert!(proxy.requests_for("/manifests/").len() >= 4);
+}
+
+#[test]
+fn gc_removes_only_unreferenced_layers() {
+    if !support::require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let reg = Registry::start(RegistryOptions::plain());
+    push(&reg, &small_image("kept"), "kept:1");
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let out = image_pull(&[
+        "--work-dir",
+        store.to_str().unwrap(),
+        "--plain-http",
+        "--rootfs",
+        "flatten",
+        &reg.reference("kept:1"),
+        work.path().join("b").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // An orphan layer (as left by an image record removed by hand) and a dead staging dir.
+    std::fs::create_dir_all(store.join("layers").join("a".repeat(64))).unwrap();
+    std::fs::create_dir_all(store.join("staging").join(format!("{}.999999.0", "b".repeat(64)))).unwrap();
+    let out = image_pull(&["gc", "--work-dir", store.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("removed 1 unreferenced layers"), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(store.join("staging")).unwrap().count(), 0, "dead staging left behind");
+    let left: Vec<_> =
+        std::fs::read_dir(store.join("layers")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).collect();
+    assert_eq!(left.len(), 1);
+}
+
+#[test]
+fn a_hostile_layer_is_refused_and_writes_nothing_outside() {
+    if !support::require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let reg = Registry::start(RegistryOptions::plain());
+    let work = tempfile::tempdir().unwrap();
+    let sentinel = work.path().join("outside");
+    std::fs::create_dir(&sentinel).unwrap();
+    // A symlink to the outside, then a write through it; then a hardlink to an outside file.
+    let outside = sentinel.to_str().unwrap().to_owned();
+    let img = ImageBuilder::new()
+        .layer(LayerSpec::entries(
+            vec![
+                TarEntry::symlink("escape", &outside),
+                TarEntry::file("escape/pwned", "x"),
+                TarEntry::file("../../pwned-too", "x"),
+            ],
+            Compression::Gzip,
+        ))
+        .cmd(&["/x"])
+        .build();
+    push(&reg, &img, "evil:1");
+    let store = work.path().join("store");
+    let bundle = work.path().join("b");
+    let out = image_pull(&[
+        "--work-dir",
+        store.to_str().unwrap(),
+        "--plain-http",
+        "--rootfs",
+        "flatten",
+        &reg.reference("evil:1"),
+        bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read_dir(&sentinel).unwrap().count(), 0, "wrote outside the layer root: {}", stderr(&out));
+    assert!(!work.path().join("pwned-too").exists() && !Path::new("/pwned-too").exists());
+    if out.status.success() {
+        // Clamped into the root, as containerd does.
+        assert!(
+            bundle.join("rootfs").join(outside.trim_start_matches('/')).join("pwned").exists()
+                || bundle.join("rootfs/pwned-too").exists()
+        );
+    }
+}
+
+#[test]
+fn a_compressed_tar_bomb_is_bounded() {
+    if !support::require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    use std::io::Write;
+    let reg = Registry::start(RegistryOptions::plain());
+    // tar header for one 10 GB file, then 10 GB of zeros as repeated gzip members.
+    let size: u64 = 10 << 30;
+    let mut header = tar::Header::new_gnu();
+    header.set_path("zeros").unwrap();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    let gz = |data: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let chunk = 64u64 << 20;
+    let zeros_member = gz(&vec![0u8; chunk as usize]);
+    let mut blob = gz(header.as_bytes());
+    for _ in 0..(size / chunk) {
+        blob.extend_from_slice(&zeros_member);
+    }
+    blob.extend_from_slice(&gz(&[0u8; 1024]));
+    // The pull must stop on the size limit long before a diff_id check could;
+    // a placeholder diff_id keeps the test from hashing 10 GB itself.
+    let diff_id = format!("sha256:{}", "0".repeat(64));
+    let layout = tempfile::tempdir().unwrap();
+    write_single_layer_layout(layout.path(), "t", &blob, &diff_id);
+    reg.push_oci_layout(layout.path(), "t", "bomb:1");
+    let work = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = image_pull(&[
+        "--work-dir",
+        work.path().join("store").to_str().unwrap(),
+        "--plain-http",
+        "--max-layer-bytes",
+        "1G",
+        &reg.reference("bomb:1"),
+        work.path().join("b").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("exceed the limit"), "{}", stderr(&out));
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "took {:?}", started.elapsed());
+    let used: u64 = walk_size(&work.path().join("store"));
+    assert!(used < 64 << 20, "bomb wrote {used} bytes before being stopped");
+}
+
+fn walk_size(p: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let m = e.metadata().unwrap();
+            total += if m.is_dir() { walk_size(&e.path()) } else { m.len() };
+        }
+    }
+    total
+}
+
+/// An OCI layout holding one image with one hand-made gzip layer blob.
+fn write_single_layer_layout(dir: &Path, tag: &str, blob: &[u8], diff_id: &str) {
+    use support::layout::write_blob;
+    let layer = write_blob(dir, blob);
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/x"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]}
+    }))
+    .unwrap();
+    let config_digest = write_blob(dir, &config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": blob.len()}]
+    }))
+    .unwrap();
+    let manifest_digest = write_blob(dir, &manifest);
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest.len(),
+        "annotations": {"org.opencontainers.image.ref.name": tag}
+    }]});
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }

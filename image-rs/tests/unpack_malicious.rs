@@ -400,3 +400,15 @@ fn whiteout_named_like_outside_path_stays_inside() {
     assert!(s.lstat("outside").is_dir());
     s.assert_outside_untouched();
 }
+
+#[test]
+fn rejects_hardlink_to_a_directory_and_unparsable_pax_records() {
+    let s = Sandbox::new();
+    let err = s.unpack(&Tar::new().dir("d").hardlink("h", "d").finish()).unwrap_err();
+    assert!(matches!(err, UnpackError::UnsafePath { ref path, .. } if path == "h"), "{err}");
+    let err = s.unpack(&Tar::new().pax(&[("SCHILY.xattr.user.a", b"x\ny")]).file("p", b"").finish()).unwrap_err();
+    assert!(matches!(err, UnpackError::InvalidHeader { ref path, .. } if path == "p"), "{err}");
+    assert!(!s.exists("h"));
+    assert!(!s.exists("p"));
+    s.assert_outside_untouched();
+}

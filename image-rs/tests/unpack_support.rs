@@ -1,6 +1,6 @@
 //! Helpers shared by the `unpack_*` integration tests (included with `#[path]`; as a test target
 //! of its own it has no tests).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::new_without_default)]
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -13,6 +13,9 @@ use image_rs::unpack::{unpack_layer, Limits, UnpackError, UnpackOptions, UnpackS
 use tar::{Builder, EntryType, Header};
 
 pub const MTIME: u64 = 1_600_000_000;
+
+/// A valid VFS capability (v2, effective) granting CAP_NET_BIND_SERVICE.
+pub const CAP_NET_BIND_SERVICE: [u8; 20] = [1, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// A temporary directory with an empty layer root and, next to it, a sentinel directory that no
 /// archive may touch.
@@ -223,6 +226,21 @@ impl Tar {
         self
     }
 
+    /// A GNU sparse file of `real_size` bytes whose only data is `data` (a multiple of 512 bytes)
+    /// at `offset`; the rest reads as zeros.
+    pub fn sparse(&mut self, path: &str, real_size: u64, offset: u64, data: &[u8]) -> &mut Self {
+        let mut h = header(EntryType::GNUSparse, 0o644, data.len() as u64);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.set_real_size(real_size);
+        gnu.sparse[0].set_offset(offset);
+        gnu.sparse[0].set_length(data.len() as u64);
+        gnu.sparse[1].set_offset(real_size);
+        gnu.sparse[1].set_length(0);
+        gnu.set_is_extended(false);
+        self.b.append_data(&mut h, path, data).unwrap();
+        self
+    }
+
     /// PAX records for the next entry.
     pub fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
         self.b.append_pax_extensions(records.iter().map(|(k, v)| (*k, *v))).unwrap();
@@ -233,6 +251,13 @@ impl Tar {
         self.b.finish().unwrap();
         self.b.get_ref().clone()
     }
+}
+
+/// Unpacks `tar` as a new layer directory `name` above `lowers` (top-most first).
+pub fn layer(s: &Sandbox, name: &str, tar: Vec<u8>, lowers: &[PathBuf]) -> PathBuf {
+    let dir = s.dir(name);
+    unpack_into(&tar, &dir, lowers).unwrap();
+    dir
 }
 
 /// Unpacks a finished archive into `root` with the given lower layers.

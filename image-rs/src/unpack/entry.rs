@@ -6,7 +6,7 @@
 //! through a symlink at the last component.
 
 use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{AtFlags, Dev, FileType, Mode, OFlags, Stat, Timespec};
@@ -123,10 +123,10 @@ impl Unpacker {
     /// Opens directory `comps` of the layer, creating missing components.
     pub(super) fn parent_dir(&mut self, comps: &[Vec<u8>], shown: &str) -> Result<OwnedFd, UnpackError> {
         let chown = self.chown;
-        let lowers = &self.lowers;
+        let lowers = &mut self.lowers;
         let dir_times = &mut self.dir_times;
         open_or_create_dir(self.root.as_fd(), comps, shown, |prefix, fd| {
-            init_implicit_dir(lowers, prefix, fd, chown, dir_times, shown)
+            init_implicit_dir(lowers.get(shown)?, prefix, fd, chown, dir_times, shown)
         })
     }
 
@@ -172,7 +172,12 @@ impl Unpacker {
             };
             let chunk = self.buf.get(..n).ok_or_else(|| unsafe_path(shown, "reader returned more than asked"))?;
             self.budget.consume(shown, n as u64)?;
-            file.write_all(chunk).map_err(io_err(shown, "write"))?;
+            if chunk.iter().all(|b| *b == 0) {
+                // Leave a hole instead of writing zeros (sparse files, zero-filled images).
+                file.seek(SeekFrom::Current(n as i64)).map_err(io_err(shown, "seek in"))?;
+            } else {
+                file.write_all(chunk).map_err(io_err(shown, "write"))?;
+            }
             written += n as u64;
         }
         if written != size {
@@ -181,6 +186,7 @@ impl Unpacker {
                 reason: format!("file data ends after {written} of {size} bytes"),
             });
         }
+        file.set_len(written).map_err(io_err(shown, "set the length of"))?;
         apply_fd(file.as_fd(), meta, self.chown, true, shown)?;
         self.stats.bytes = self.budget.used();
         Ok(written)
@@ -256,8 +262,9 @@ impl Unpacker {
         let target_shown = show(target_raw);
         let target = EntryPath::parse(target_raw).map_err(|r| unsafe_path(shown, format!("hard link target: {r}")))?;
         let found = {
+            let lowers = self.lowers.get(shown)?;
             let layers: Vec<BorrowedFd<'_>> =
-                std::iter::once(self.root.as_fd()).chain(self.lowers.iter().map(AsFd::as_fd)).collect();
+                std::iter::once(self.root.as_fd()).chain(lowers.iter().map(AsFd::as_fd)).collect();
             lookup(&layers, target.components()).map_err(io_err(shown, "look up the hard link target of"))?
         };
         let (tparent, tname, tstat, layer) = match found {

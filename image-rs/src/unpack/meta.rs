@@ -298,7 +298,7 @@ impl DirTimes {
     /// each recorded name (resolved confined to `root`, the last component not followed).
     pub(crate) fn apply(self, root: BorrowedFd<'_>) -> Result<(), UnpackError> {
         let mut all: Vec<_> = self.map.into_iter().collect();
-        all.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        all.sort_by_key(|(comps, _)| std::cmp::Reverse(comps.len()));
         for (comps, times) in all {
             let shown = show(&join(&comps));
             let Some((name, parent)) = comps.split_last() else {

@@ -37,6 +37,12 @@
 //!   none of their header's metadata.
 //! - Parent directories the archive does not list are created root-owned 0755, or with the owner,
 //!   mode and times of the same directory in a lower layer.
+//! - File data is streamed through a 64 KiB buffer; all-zero chunks are left as holes, so GNU
+//!   sparse files and zero-filled images stay sparse.
+//! - Entry types a container layer has no use for (volume labels, multi-volume continuations,
+//!   unrecognised type flags) are rejected; PAX global headers are ignored. A PAX record the tar
+//!   crate cannot parse (it splits records at newlines, so a binary xattr value containing `\n`)
+//!   is rejected rather than silently dropped.
 //!
 //! # Limits
 //! [`Limits`] bounds entries, name lengths, xattr bytes and file bytes. Every regular file is
@@ -47,6 +53,7 @@
 //!
 //! The tar stream is read only up to the end-of-archive marker: the caller drains the rest (for
 //! its digest). A stream that ends without the marker, or in the middle of an entry, is an error.
+//! On any error the root is left partly written: the caller discards it.
 //! Requires Linux ≥ 5.6 (`openat2`) and, for xattrs on symlinks and devices, a mounted `/proc`.
 
 mod entry;
@@ -78,12 +85,27 @@ use whiteout::{classify, Class};
 /// Size of the buffer file data is streamed through.
 const COPY_BUFFER: usize = 64 << 10;
 
+/// Called the first time the lower layers are needed (a hard link into them, or a parent
+/// directory the archive does not list), before they are opened: lets a caller unpack layers
+/// concurrently and block only when a layer really depends on the ones below. Returns false to
+/// abandon the unpack.
+#[derive(Clone)]
+pub struct LowerGate(pub std::sync::Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for LowerGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LowerGate")
+    }
+}
+
 /// How to unpack a layer.
 #[derive(Debug, Clone)]
 pub struct UnpackOptions<'a> {
     /// Committed lower layers of the same image, top-most first, on the same filesystem as the
     /// layer root: where hard link targets not in this layer are looked up.
     pub lower_roots: &'a [PathBuf],
+    /// Waited on before `lower_roots` are first opened (see [`LowerGate`]).
+    pub lower_gate: Option<LowerGate>,
     pub limits: Limits,
     /// `chown` to the uid/gid of the headers (true in production; needs root).
     pub preserve_ownership: bool,
@@ -91,7 +113,33 @@ pub struct UnpackOptions<'a> {
 
 impl Default for UnpackOptions<'_> {
     fn default() -> Self {
-        UnpackOptions { lower_roots: &[], limits: Limits::default(), preserve_ownership: true }
+        UnpackOptions { lower_roots: &[], lower_gate: None, limits: Limits::default(), preserve_ownership: true }
+    }
+}
+
+/// The lower layers, opened on first use.
+pub(crate) struct Lowers {
+    paths: Vec<PathBuf>,
+    gate: Option<LowerGate>,
+    fds: Option<Vec<OwnedFd>>,
+}
+
+impl Lowers {
+    pub(crate) fn get(&mut self, shown: &str) -> Result<&[OwnedFd], UnpackError> {
+        if self.fds.is_none() {
+            if let Some(gate) = &self.gate {
+                if !(gate.0)() {
+                    return Err(UnpackError::Io {
+                        path: shown.to_owned(),
+                        op: "wait for the lower layers needed by",
+                        source: std::io::Error::new(std::io::ErrorKind::Interrupted, "pull abandoned"),
+                    });
+                }
+            }
+            let fds = self.paths.iter().map(|p| open_dir_path(p)).collect::<Result<Vec<_>, _>>()?;
+            self.fds = Some(fds);
+        }
+        Ok(self.fds.as_deref().unwrap_or(&[]))
     }
 }
 
@@ -109,7 +157,7 @@ pub struct UnpackStats {
 /// State of one unpack.
 pub(crate) struct Unpacker {
     root: OwnedFd,
-    lowers: Vec<OwnedFd>,
+    lowers: Lowers,
     limits: Limits,
     chown: bool,
     stats: UnpackStats,
@@ -121,7 +169,7 @@ pub(crate) struct Unpacker {
 /// Unpacks the tar stream `tar` into the existing (empty) directory `root`, in overlayfs layer
 /// format. Reads `tar` up to the end-of-archive marker and no further.
 pub fn unpack_layer<R: Read>(tar: R, root: &Path, opts: &UnpackOptions) -> Result<UnpackStats, UnpackError> {
-    let lowers = opts.lower_roots.iter().map(|p| open_dir_path(p)).collect::<Result<Vec<_>, _>>()?;
+    let lowers = Lowers { paths: opts.lower_roots.to_vec(), gate: opts.lower_gate.clone(), fds: None };
     let mut u = Unpacker {
         root: open_dir_path(root)?,
         lowers,
@@ -173,18 +221,18 @@ pub fn unpack_layer<R: Read>(tar: R, root: &Path, opts: &UnpackOptions) -> Resul
     u.finish()
 }
 
-/// Classifies an error of the tar parser between entries.
+/// Classifies an error of the tar parser while it reads the headers following entry `last`.
 fn stream_error(state: &StreamState, last: &str, budget: u64, e: io::Error) -> UnpackError {
     if state.tripped() {
         UnpackError::LimitExceeded {
-            path: format!("(headers after {last:?})"),
-            what: "tar extension headers (long names, PAX records)",
+            path: last.to_owned(),
+            what: "tar extension headers (long names, PAX records) following this entry",
             limit: budget,
         }
     } else if state.eof() {
-        UnpackError::Truncated { path: format!("(headers after {last:?})"), reason: e.to_string() }
+        UnpackError::Truncated { path: last.to_owned(), reason: format!("in the headers following this entry: {e}") }
     } else {
-        UnpackError::Tar { path: format!("(headers after {last:?})"), source: e }
+        UnpackError::Tar { path: last.to_owned(), source: e }
     }
 }
 

@@ -1,0 +1,179 @@
+//! Resource limits against hostile layers: a gzip "tar bomb" declaring a 10 GiB file, the
+//! cumulative byte budget, and the free-space check. Run as root (mounts a small tmpfs).
+
+#[path = "unpack_support.rs"]
+mod support;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use image_rs::unpack::{unpack_layer, Limits, UnpackError, UnpackOptions, FREE_SPACE_RESERVE_MAX};
+use support::*;
+use tar::EntryType;
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = GzEncoder::new(Vec::new(), Compression::best());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// A multi-member gzip stream that decompresses to a tar holding one file `bomb` of 10 GiB of
+/// zeros: member 1 is the header, then one pre-compressed member of 64 MiB of zeros repeated 160
+/// times, then the end-of-archive blocks (10 GiB needs no padding). About 10 MB compressed.
+fn gzip_tar_bomb() -> Vec<u8> {
+    let size = 10 * GIB;
+    let mut h = header(EntryType::Regular, 0o644, size);
+    h.set_path("bomb").unwrap();
+    h.set_cksum();
+    let zeros = gzip(&vec![0u8; 64 << 20]);
+    let mut out = gzip(h.as_bytes());
+    for _ in 0..size / (64 * MIB) {
+        out.extend_from_slice(&zeros);
+    }
+    out.extend_from_slice(&gzip(&[0u8; 1024]));
+    out
+}
+
+/// Bytes of data in files under `dir`.
+fn bytes_under(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in fs::read_dir(dir).unwrap() {
+        let m = fs::symlink_metadata(e.unwrap().path()).unwrap();
+        total += if m.is_dir() { 0 } else { m.len() };
+    }
+    total
+}
+
+#[test]
+fn refuses_gzip_tar_bomb_with_10gb_file_quickly() {
+    let s = Sandbox::new();
+    let bomb = gzip_tar_bomb();
+    assert!(bomb.len() < 32 << 20, "compressed bomb is {} bytes", bomb.len());
+    let started = Instant::now();
+    let mut decompressed = Counting { inner: MultiGzDecoder::new(&bomb[..]), count: 0 };
+    let limits = Limits { max_bytes: GIB, ..Limits::default() };
+    let err = unpack_layer(&mut decompressed, &s.root, &UnpackOptions { limits, ..Default::default() }).unwrap_err();
+    let elapsed = started.elapsed();
+    match err {
+        UnpackError::TooLarge { ref path, size, limit } => {
+            assert_eq!((path.as_str(), size, limit), ("bomb", 10 * GIB, GIB));
+        }
+        ref other => panic!("unexpected {other}"),
+    }
+    assert!(err.to_string().contains("bomb"));
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+    assert!(decompressed.count < 64 * MIB, "pulled {} decompressed bytes", decompressed.count);
+    assert!(!s.exists("bomb"), "refused before anything was created");
+    assert_eq!(bytes_under(&s.root), 0);
+    s.assert_outside_untouched();
+}
+
+#[test]
+fn refuses_sparse_file_whose_expanded_size_exceeds_the_budget() {
+    let s = Sandbox::new();
+    let tar = Tar::new().sparse("holes", 10 * GIB, 10 * GIB - 512, &[1u8; 512]).finish();
+    assert!(tar.len() < 4096);
+    let started = Instant::now();
+    let err = s.unpack_with(&tar, Limits { max_bytes: GIB, ..Limits::default() }).unwrap_err();
+    assert!(
+        matches!(err, UnpackError::TooLarge { ref path, size, limit } if path == "holes" && size == 10 * GIB && limit == GIB),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!s.exists("holes"));
+}
+
+#[test]
+fn cumulative_byte_budget_stops_before_exceeding_the_limit() {
+    let s = Sandbox::new();
+    let chunk = vec![7u8; 4 * MIB as usize];
+    let tar = Tar::new().file("a", &chunk).file("b", &chunk).file("c", &chunk).finish();
+    let err = s.unpack_with(&tar, Limits { max_bytes: 10 * MIB, ..Limits::default() }).unwrap_err();
+    assert!(
+        matches!(err, UnpackError::TooLarge { ref path, size, limit } if path == "c" && size == 4 * MIB && limit == 2 * MIB),
+        "{err}"
+    );
+    assert_eq!(fs::read(s.root.join("a")).unwrap(), chunk);
+    assert_eq!(fs::read(s.root.join("b")).unwrap(), chunk);
+    assert!(!s.exists("c"));
+    assert!(bytes_under(&s.root) <= 10 * MIB);
+}
+
+#[test]
+fn stats_count_entries_bytes_and_whiteouts() {
+    let s = Sandbox::new();
+    let tar = Tar::new()
+        .dir("d")
+        .file("d/a", b"12345")
+        .file("b", b"678")
+        .symlink("l", "b")
+        .raw(b".wh.x", EntryType::Regular, b"", None)
+        .raw(b"d/.wh..wh..opq", EntryType::Regular, b"", None)
+        .finish();
+    let stats = s.unpack_with(&tar, Limits { max_bytes: 8, max_entries: 6, ..Limits::default() }).unwrap();
+    assert_eq!((stats.entries, stats.bytes, stats.whiteouts), (6, 8, 2));
+}
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: PathBuf, size: &str) -> Self {
+        fs::create_dir(&at).unwrap();
+        let opts = std::ffi::CString::new(format!("size={size},mode=0755")).unwrap();
+        rustix::mount::mount("tmpfs", &at, "tmpfs", rustix::mount::MountFlags::empty(), opts.as_c_str())
+            .expect("mounting a tmpfs needs root (these tests run as root)");
+        Tmpfs(at)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+#[test]
+fn refuses_files_larger_than_free_space_minus_reserve() {
+    let s = Sandbox::new();
+    let fs_ = Tmpfs::mount(s.tmp.path().join("small"), "64m");
+    let root = fs_.0.join("root");
+    fs::create_dir(&root).unwrap();
+
+    // Default limits (no byte budget): the 10 GiB bomb is refused by the free-space check.
+    let bomb = gzip_tar_bomb();
+    let started = Instant::now();
+    let err = unpack_layer(MultiGzDecoder::new(&bomb[..]), &root, &UnpackOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, UnpackError::TooLarge { ref path, size, limit } if path == "bomb" && size == 10 * GIB && limit < 64 * MIB),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(!root.join("bomb").exists());
+
+    // 40 MiB fits in 64 MiB; a second 40 MiB does not (and leaves the reserve alone).
+    let chunk = vec![1u8; 40 * MIB as usize];
+    let tar = Tar::new().file("a", &chunk).file("b", &chunk).finish();
+    let err = unpack_layer(&tar[..], &root, &UnpackOptions::default()).unwrap_err();
+    match err {
+        UnpackError::TooLarge { ref path, size, limit } => {
+            assert_eq!((path.as_str(), size), ("b", 40 * MIB));
+            assert!(limit < 24 * MIB, "limit {limit}");
+        }
+        ref other => panic!("unexpected {other}"),
+    }
+    assert_eq!(fs::metadata(root.join("a")).unwrap().len(), 40 * MIB);
+    assert!(!root.join("b").exists());
+    let vfs = rustix::fs::statvfs(&root).unwrap();
+    assert!(vfs.f_bavail * vfs.f_frsize >= (64 * MIB / 20).min(FREE_SPACE_RESERVE_MAX));
+    drop(fs_);
+    s.assert_outside_untouched();
+}
