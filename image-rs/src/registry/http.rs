@@ -87,21 +87,19 @@ impl Distribution {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        if let Some(p) = &opts.proxy.https {
-            let mut proxy =
-                reqwest::Proxy::https(p).map_err(|e| RegistryError::Config(format!("https proxy {p}: {e}")))?;
-            if let Some(np) = &opts.proxy.no_proxy {
-                proxy = proxy.no_proxy(reqwest::NoProxy::from_string(np));
+        type MakeProxy = fn(&str) -> reqwest::Result<reqwest::Proxy>;
+        let proxies: [(&Option<String>, &str, MakeProxy); 2] = [
+            (&opts.proxy.https, "https", |u| reqwest::Proxy::https(u)),
+            (&opts.proxy.http, "http", |u| reqwest::Proxy::http(u)),
+        ];
+        for (url, kind, make) in proxies {
+            if let Some(url) = url {
+                let mut proxy = make(url).map_err(|e| RegistryError::Config(format!("{kind} proxy {url}: {e}")))?;
+                if let Some(np) = &opts.proxy.no_proxy {
+                    proxy = proxy.no_proxy(reqwest::NoProxy::from_string(np));
+                }
+                builder = builder.proxy(proxy);
             }
-            builder = builder.proxy(proxy);
-        }
-        if let Some(p) = &opts.proxy.http {
-            let mut proxy =
-                reqwest::Proxy::http(p).map_err(|e| RegistryError::Config(format!("http proxy {p}: {e}")))?;
-            if let Some(np) = &opts.proxy.no_proxy {
-                proxy = proxy.no_proxy(reqwest::NoProxy::from_string(np));
-            }
-            builder = builder.proxy(proxy);
         }
         let http = builder.build().map_err(|e| RegistryError::Tls(format!("cannot build HTTP client: {e}")))?;
         Ok(Distribution {
@@ -355,6 +353,18 @@ mod tests {
         assert_eq!(p["realm"], "Registry");
         assert_eq!(p["charset"], "UTF-8");
         assert_eq!(parse_challenge("Bearer").1.len(), 0);
+    }
+
+    #[test]
+    fn proxy_settings_are_validated() {
+        let mut ok = HttpOptions::default();
+        ok.proxy.https = Some("http://proxy.example:3128".into());
+        ok.proxy.no_proxy = Some("127.0.0.1,localhost".into());
+        assert!(Distribution::new(ok).is_ok());
+        let mut bad = HttpOptions::default();
+        bad.proxy.http = Some("http://[not-an-address".into());
+        let err = Distribution::new(bad).err().expect("bad proxy refused").to_string();
+        assert!(err.contains("http proxy"), "{err}");
     }
 
     #[test]
