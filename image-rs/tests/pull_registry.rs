@@ -544,3 +544,49 @@ fn write_single_layer_layout(dir: &Path, tag: &str, blob: &[u8], diff_id: &str) 
     }]});
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
 }
+
+#[test]
+fn registry_config_remaps_and_falls_back_past_a_dead_mirror() {
+    if !support::require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let reg = Registry::start(RegistryOptions::plain());
+    push(&reg, &small_image("remapped"), "team/app:1");
+    let dead = format!("127.0.0.1:{}", support::free_port());
+    let work = tempfile::tempdir().unwrap();
+    let conf = work.path().join("registries.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+[[registry]]
+prefix = "images.example.invalid/team"
+location = "{host}/team"
+insecure = true
+[[registry.mirror]]
+location = "{dead}/team"
+insecure = true
+
+[[registry]]
+prefix = "blocked.example.invalid"
+blocked = true
+"#,
+            host = reg.host()
+        ),
+    )
+    .unwrap();
+    let conf = conf.to_str().unwrap();
+    let (_w, marker) = pull_ok(&["--registry-config", conf], "images.example.invalid/team/app:1");
+    assert_eq!(marker, "remapped");
+
+    let out = image_pull(&[
+        "--work-dir",
+        work.path().join("s").to_str().unwrap(),
+        "--registry-config",
+        conf,
+        "blocked.example.invalid/x:1",
+        work.path().join("b").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("blocked"), "{}", stderr(&out));
+}
