@@ -11,7 +11,7 @@ RELEASE_DIR  := target/$(TARGET)/release
 TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build release test lint fmt demo clean check-tools deps
+.PHONY: all build release test lint fmt demo clean check-tools deps bench bench-pull
 
 all: build
 
@@ -54,6 +54,13 @@ test: deps lint
 demo: check-tools
 	$(CARGO) build -p cvm-agent
 	./agent/demo.sh target/debug
+
+# Benchmarks against real peers; results go to docs/BENCHMARKS.md.
+bench: bench-pull
+
+# Image pull vs curl|gzip|tar, skopeo+umoci and ctr (root, about 10 min).
+bench-pull:
+	bash tests/bench/pull.sh
 
 clean:
 	$(CARGO) clean

@@ -22,8 +22,9 @@ use crate::registry::{Compression, Registry, RegistryError};
 use crate::store::{LayerRecord, LayerStore, Staging};
 use crate::unpack::{self, Limits, LowerGate, UnpackError, UnpackOptions, UnpackStats};
 
-/// Chunks in flight between download and unpack (each ≤ ~64 KiB).
-const CHANNEL_DEPTH: usize = 16;
+/// Chunks in flight between download and unpack. Enough to keep both sides
+/// busy; every extra slot is resident memory per concurrent layer.
+const CHANNEL_DEPTH: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {

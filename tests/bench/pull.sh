@@ -98,8 +98,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ our binary
+# The tree's state when the binary is built (not when the report is written).
+COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(cd "$ROOT" && git status --porcelain -- image-rs Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+  COMMIT="$COMMIT + uncommitted image-rs changes"
+fi
 if [[ -n ${BENCH_IMAGE_PULL:-} ]]; then
   OURS=$(readlink -f "$BENCH_IMAGE_PULL")
+  COMMIT="$OURS (given by BENCH_IMAGE_PULL)"
 else
   log "building image-pull (release, static)"
   (cd "$ROOT" && RUSTFLAGS='-C target-feature=+crt-static' cargo build -q --release --target $TARGET -p image-rs) \
@@ -107,6 +113,7 @@ else
   OURS=$ROOT/target/$TARGET/release/image-pull
 fi
 [[ -x $OURS ]] || die "no image-pull binary at $OURS"
+COMMIT="$COMMIT; binary sha256 $(sha256sum "$OURS" | cut -c1-12), built $(date -u -r "$OURS" '+%Y-%m-%d %H:%M UTC')"
 
 # ------------------------------------------------------------------ image (cached)
 GEN_HASH=$(sha256sum "$HERE/gen_image.py" | cut -c1-12)
@@ -318,8 +325,6 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ------------------------------------------------------------------ report
 ELAPSED=$(python3 -c "print(f'{$EPOCHREALTIME - $STARTED:.0f}')")
-COMMIT=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n $(cd "$ROOT" && git status --porcelain -- image-rs 2>/dev/null) ]]; then COMMIT="$COMMIT + uncommitted image-rs changes"; fi
 CMDLINE="make bench-pull"
 for v in BENCH_RUNS BENCH_SIZE_MB BENCH_LAYERS BENCH_FILES BENCH_SEED BENCH_TOOLS BENCH_MCL_SWEEP; do
   [[ -n ${!v:-} ]] && CMDLINE="$v=\"${!v}\" $CMDLINE"
@@ -331,4 +336,7 @@ python3 "$HERE/report.py" \
   --ctr-version "$(containerd --version | awk '{print $3}')" \
   --skopeo-version "$(skopeo --version | awk '{print $3}')" --umoci-version "$(umoci --version | awk '{print $3}')" \
   --doc "$([[ $BENCH_WRITE_DOC == 1 ]] && echo "$ROOT/docs/BENCHMARKS.md")"
+mkdir -p "$ROOT/target/bench-results"
+SAVED=$ROOT/target/bench-results/pull-$(date -u +%Y%m%dT%H%M%SZ).tsv
+cp "$RESULTS" "$SAVED" && log "raw results: $SAVED (tool round wall_s user_s sys_s peak_rss_kib)"
 [[ $BENCH_WRITE_DOC == 1 ]] || log "docs/BENCHMARKS.md not updated (non-default settings; BENCH_WRITE_DOC=1 forces it)"
