@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use crate::digest::{Digest, Hasher, HashingReader};
 use crate::registry::config::Source;
 use crate::registry::{Compression, Registry, RegistryError};
-use crate::store::{LayerRecord, LayerStore, Staging};
+use crate::store::{LayerRecord, LayerStore};
 use crate::unpack::{self, Limits, LowerGate, UnpackError, UnpackOptions, UnpackStats};
 
 /// Chunks in flight between download and unpack. Enough to keep both sides
@@ -199,7 +199,7 @@ pub async fn fetch_layer(
         blob_size,
         unpacked_bytes: stats.bytes,
     };
-    commit(store, staging, &record)?;
+    store.commit_verified(staging, &record)?;
     tracing::info!(
         layer = %job.blob_digest,
         compressed = blob_size,
@@ -209,11 +209,6 @@ pub async fn fetch_layer(
         "layer verified and committed"
     );
     Ok(record)
-}
-
-fn commit(store: &LayerStore, staging: Staging, record: &LayerRecord) -> Result<(), LayerError> {
-    store.commit_verified(staging, record)?;
-    Ok(())
 }
 
 /// Streams the blob into `tx`, hashing it; resumes on transport errors.

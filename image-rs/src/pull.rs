@@ -116,7 +116,7 @@ impl Puller {
             }
             match running.next().await {
                 Some(Ok(was_fetched)) => fetched += usize::from(was_fetched),
-                Some(Err((_, e))) => return Err(e.into()),
+                Some(Err(e)) => return Err(e.into()),
                 None => break,
             }
         }
@@ -134,13 +134,13 @@ impl Puller {
     }
 
     /// Makes sure one layer is committed; true when this call fetched it.
-    async fn ensure_layer<'a>(&self, job: &'a LayerJob) -> Result<bool, (&'a LayerJob, LayerError)> {
+    async fn ensure_layer(&self, job: &LayerJob) -> Result<bool, LayerError> {
         let lock = {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(job.chain_id.clone()).or_default().clone()
         };
         let _in_process = lock.lock().await;
-        if self.store.layer(&job.chain_id).map_err(|e| (job, e.into()))?.is_some() {
+        if self.store.layer(&job.chain_id)?.is_some() {
             tracing::debug!(layer = %job.blob_digest, "layer already in the store");
             return Ok(false);
         }
@@ -148,12 +148,11 @@ impl Puller {
         let chain = job.chain_id.clone();
         let _cross_process = tokio::task::spawn_blocking(move || store.lock_layer(&chain))
             .await
-            .map_err(|e| (job, LayerError::Task { digest: job.blob_digest.clone(), reason: e.to_string() }))?
-            .map_err(|e| (job, e.into()))?;
-        if self.store.layer(&job.chain_id).map_err(|e| (job, e.into()))?.is_some() {
+            .map_err(|e| LayerError::Task { digest: job.blob_digest.clone(), reason: e.to_string() })??;
+        if self.store.layer(&job.chain_id)?.is_some() {
             return Ok(false);
         }
-        fetch_layer(&self.registry, &self.store, job, &self.opts.pipeline).await.map_err(|e| (job, e))?;
+        fetch_layer(&self.registry, &self.store, job, &self.opts.pipeline).await?;
         Ok(true)
     }
 }

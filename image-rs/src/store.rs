@@ -223,15 +223,10 @@ impl LayerStore {
                 continue;
             }
             let path = e.path();
-            let _lock = match hex.len() == 64 {
-                true => Some(
-                    self.lock_layer(
-                        &format!("sha256:{hex}")
-                            .parse()
-                            .map_err(|_| StoreError::Corrupt { path: path.clone(), reason: "bad layer name".into() })?,
-                    )?,
-                ),
-                false => None,
+            // Names that are not a chain id are debris nobody can be fetching.
+            let _lock = match format!("sha256:{hex}").parse::<Digest>() {
+                Ok(chain) => Some(self.lock_layer(&chain)?),
+                Err(_) => None,
             };
             if path.is_dir() {
                 fs::remove_dir_all(&path).map_err(io_err(&path, "remove layer"))?;
