@@ -13,6 +13,7 @@
 
 pub mod bundle;
 pub mod digest;
+pub mod keysource;
 pub mod pipeline;
 pub mod pull;
 pub mod registry;
