@@ -164,7 +164,21 @@ fn parse(input: &[u8], opts: &DecryptOptions) -> Result<Parsed> {
     let raw_recipients = match (j.recipients, j.header, j.encrypted_key) {
         (Some(r), None, None) => r,
         (None, header, encrypted_key) => vec![JsonRecipient { header, encrypted_key }],
-        (Some(_), _, _) => return Err(malformed("both `recipients` and flattened `header`/`encrypted_key` present")),
+        // go-jose (and so skopeo/ocicrypt) writes general JSON with the first
+        // recipient repeated in flattened form. Tolerated only when it is an
+        // exact copy, so no header can hide there.
+        (Some(r), header, encrypted_key)
+            if r.first().is_some_and(|first| {
+                first.encrypted_key == encrypted_key && (header.is_none() || first.header == header)
+            }) =>
+        {
+            r
+        }
+        (Some(_), _, _) => {
+            return Err(malformed(
+                "both `recipients` and a flattened `header`/`encrypted_key` that differs from the first recipient",
+            ))
+        }
     };
     if raw_recipients.is_empty() {
         return Err(malformed("no recipients"));

@@ -330,3 +330,27 @@ fn encrypt_refuses_bad_requests() {
     let legacy = Recipient { key: &rsa_pub, alg: KeyAlg::Rsa1_5 };
     assert!(matches!(encrypt(b"x", &[legacy], Serialization::General, None), Err(CryptoError::UnsupportedAlg(_))));
 }
+
+#[test]
+fn go_jose_general_json_with_first_recipient_repeated_top_level() {
+    let (rsa_pub, ec_pub) = (rsa_key().public_key(), ec_key().public_key());
+    let jwe = encrypt(
+        b"shared",
+        &[Recipient { key: &rsa_pub, alg: KeyAlg::RsaOaep }, Recipient::new(&ec_pub)],
+        Serialization::General,
+        None,
+    )
+    .unwrap();
+    let mut v: Value = serde_json::from_str(&jwe).unwrap();
+    // The shape go-jose's FullSerialize writes (seen in skopeo-encrypted layers).
+    v["encrypted_key"] = v["recipients"][0]["encrypted_key"].clone();
+    assert_eq!(&dec(&v, ec_key()).unwrap()[..], b"shared");
+    v["header"] = v["recipients"][0]["header"].clone();
+    assert_eq!(&dec(&v, rsa_key()).unwrap()[..], b"shared");
+    // A top-level copy that differs is refused.
+    v["header"] = json!({"alg": "RSA-OAEP", "kid": "x"});
+    assert!(matches!(dec(&v, rsa_key()), Err(CryptoError::MalformedJwe(_))));
+    let mut w: Value = serde_json::from_str(&jwe).unwrap();
+    w["encrypted_key"] = "AAAA".into();
+    assert!(matches!(dec(&w, rsa_key()), Err(CryptoError::MalformedJwe(_))));
+}
