@@ -109,7 +109,8 @@ impl Read for ChannelReader {
             match self.rx.blocking_recv() {
                 Some(chunk) => self.current = chunk,
                 None if self.aborted.load(Ordering::Acquire) => {
-                    return Err(io::Error::new(io::ErrorKind::Interrupted, "download aborted"))
+                    // Not `Interrupted`: `io::copy` and `read_exact` retry that forever.
+                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "download aborted"));
                 }
                 None => return Ok(0),
             }

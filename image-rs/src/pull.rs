@@ -11,8 +11,8 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use oci_spec::distribution::Reference;
 
 use crate::digest::Digest;
-use crate::pipeline::{fetch_layer, LayerError, LayerJob, PipelineOptions};
 use crate::ocicrypt::{self, DecryptConfig, OcicryptError};
+use crate::pipeline::{fetch_layer, LayerError, LayerJob, PipelineOptions};
 use crate::registry::{layer_media, parse_digest, Registry, RegistryError, ResolvedImage};
 use crate::store::{chain_ids, ImageRecord, LayerStore, StoreError};
 

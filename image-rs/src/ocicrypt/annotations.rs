@@ -113,7 +113,8 @@ impl EncryptedLayerInfo {
         if opts.cipher != CIPHER_AES_CTR_HMAC {
             return Err(OcicryptError::UnsupportedCipher { layer: layer.to_owned(), cipher: opts.cipher });
         }
-        let hmac = STANDARD.decode(opts.hmac.trim()).map_err(|e| malformed(layer, "pubopts hmac", format!("base64: {e}")))?;
+        let hmac =
+            STANDARD.decode(opts.hmac.trim()).map_err(|e| malformed(layer, "pubopts hmac", format!("base64: {e}")))?;
         let hmac: [u8; HMAC_LEN] = hmac
             .as_slice()
             .try_into()
@@ -134,7 +135,8 @@ impl EncryptedLayerInfo {
                 if packets.len() == MAX_PACKETS {
                     return Err(malformed(layer, "key annotations", format!("more than {MAX_PACKETS} wrapped keys")));
                 }
-                let data = STANDARD.decode(part).map_err(|e| malformed(layer, name.as_str(), format!("base64: {e}")))?;
+                let data =
+                    STANDARD.decode(part).map_err(|e| malformed(layer, name.as_str(), format!("base64: {e}")))?;
                 packets.push(KeyPacket { scheme: scheme.clone(), data });
             }
         }
@@ -187,11 +189,15 @@ mod tests {
         let jwe = ("org.opencontainers.image.enc.keys.jwe", STANDARD.encode("j"));
         let e = EncryptedLayerInfo::parse("L", Some(&ann(std::slice::from_ref(&jwe)))).unwrap_err();
         assert!(e.to_string().contains("missing"), "{e}");
-        let e = EncryptedLayerInfo::parse("L", Some(&ann(&[jwe.clone(), (ANN_PUBOPTS, pubopts("AES_128_GCM", &[0; 32]))])))
-            .unwrap_err();
+        let e =
+            EncryptedLayerInfo::parse("L", Some(&ann(&[jwe.clone(), (ANN_PUBOPTS, pubopts("AES_128_GCM", &[0; 32]))])))
+                .unwrap_err();
         assert!(matches!(e, OcicryptError::UnsupportedCipher { .. }), "{e}");
-        let e = EncryptedLayerInfo::parse("L", Some(&ann(&[jwe.clone(), (ANN_PUBOPTS, pubopts(CIPHER_AES_CTR_HMAC, &[0; 31]))])))
-            .unwrap_err();
+        let e = EncryptedLayerInfo::parse(
+            "L",
+            Some(&ann(&[jwe.clone(), (ANN_PUBOPTS, pubopts(CIPHER_AES_CTR_HMAC, &[0; 31]))])),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("31 bytes"), "{e}");
         let e = EncryptedLayerInfo::parse("L", Some(&ann(&[jwe.clone(), (ANN_PUBOPTS, "%%%".into())]))).unwrap_err();
         assert!(e.to_string().contains("base64"), "{e}");
@@ -215,8 +221,9 @@ mod tests {
             Err(OcicryptError::AnnotationTooLarge { .. })
         ));
         let many = vec![STANDARD.encode("x"); MAX_PACKETS + 1].join(",");
-        let e = EncryptedLayerInfo::parse("L", Some(&ann(&[p.clone(), ("org.opencontainers.image.enc.keys.jwe", many)])))
-            .unwrap_err();
+        let e =
+            EncryptedLayerInfo::parse("L", Some(&ann(&[p.clone(), ("org.opencontainers.image.enc.keys.jwe", many)])))
+                .unwrap_err();
         assert!(e.to_string().contains("more than"), "{e}");
         let total: Vec<(String, String)> = (0..5)
             .map(|i| (format!("org.opencontainers.image.enc.keys.provider.p{i}"), "A".repeat(60 * 1024)))
@@ -224,8 +231,9 @@ mod tests {
         let mut a: HashMap<String, String> = total.into_iter().collect();
         a.insert(p.0.into(), p.1.clone());
         assert!(matches!(EncryptedLayerInfo::parse("L", Some(&a)), Err(OcicryptError::AnnotationTooLarge { .. })));
-        let e = EncryptedLayerInfo::parse("L", Some(&ann(&[p, ("org.opencontainers.image.enc.keys.jwe", "!!".into())])))
-            .unwrap_err();
+        let e =
+            EncryptedLayerInfo::parse("L", Some(&ann(&[p, ("org.opencontainers.image.enc.keys.jwe", "!!".into())])))
+                .unwrap_err();
         assert!(e.to_string().contains("base64"), "{e}");
         let huge_pub = (ANN_PUBOPTS, "A".repeat(MAX_PUBOPTS + 1));
         assert!(matches!(

@@ -51,8 +51,11 @@ impl Recipient {
         }
         if let Some(rest) = spec.strip_prefix("provider:") {
             let (name, rest) = rest.split_once(':').ok_or("provider recipient: expected provider:NAME:KID:KEK_FILE")?;
-            let (kid, kek_path) = rest.rsplit_once(':').ok_or("provider recipient: expected provider:NAME:KID:KEK_FILE")?;
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+            let (kid, kek_path) =
+                rest.rsplit_once(':').ok_or("provider recipient: expected provider:NAME:KID:KEK_FILE")?;
+            if name.is_empty()
+                || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            {
                 return Err(format!("provider name {name:?} is not valid"));
             }
             let kid: ResourceUri = kid.parse().map_err(|e| format!("provider recipient kid: {e}"))?;
@@ -105,7 +108,8 @@ pub(crate) fn wrap_for(opts_json: &[u8], recipients: &[Recipient]) -> Result<BTr
     }
     for r in recipients {
         if let Recipient::Provider { name, kid, kek } = r {
-            let sealed = cvm_crypto::aead::seal(kek, opts_json, b"").map_err(|e| err(format!("provider {name}: {e}")))?;
+            let sealed =
+                cvm_crypto::aead::seal(kek, opts_json, b"").map_err(|e| err(format!("provider {name}: {e}")))?;
             let packet = ProviderPacket {
                 kid: kid.to_string(),
                 wrapped_data: STANDARD.encode(sealed.combined()),

@@ -47,14 +47,16 @@ pub enum OcicryptError {
     Malformed { layer: String, what: String, reason: String },
     #[error("layer {layer}: unsupported layer cipher {cipher:?} (only {CIPHER_AES_CTR_HMAC})")]
     UnsupportedCipher { layer: String, cipher: String },
-    #[error("layer {layer} is encrypted but has no org.opencontainers.image.enc.keys.* annotation to unwrap its key from")]
+    #[error(
+        "layer {layer} is encrypted but has no org.opencontainers.image.enc.keys.* annotation to unwrap its key from"
+    )]
     NoRecipients { layer: String },
     #[error("layer {layer} is encrypted and no usable decryption key was found. It was encrypted for: {recipients}. Tried: {tried}")]
     NoUsableKey { layer: String, recipients: String, tried: String },
-    #[error("layer {layer}: HMAC-SHA256 of the encrypted blob does not match its pubopts: the ciphertext was tampered with")]
+    #[error(
+        "layer {layer}: HMAC-SHA256 of the encrypted blob does not match its pubopts: the ciphertext was tampered with"
+    )]
     Hmac { layer: String },
-    #[error("layer {layer}: decrypted blob has digest {actual}, but its wrapped key names {expected}")]
-    PlainDigest { layer: String, expected: String, actual: String },
     #[error("encrypting: {0}")]
     Encrypt(String),
 }

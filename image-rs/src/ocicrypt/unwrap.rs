@@ -107,7 +107,8 @@ fn layer_key(layer: &str, info: &EncryptedLayerInfo, opts_json: &[u8]) -> Result
     if opts_json.len() > MAX_PACKET_JSON {
         return Err(format!("unwrapped options are {} bytes", opts_json.len()));
     }
-    let opts: PrivateOpts = serde_json::from_slice(opts_json).map_err(|e| format!("unwrapped options are not ocicrypt JSON: {e}"))?;
+    let opts: PrivateOpts =
+        serde_json::from_slice(opts_json).map_err(|e| format!("unwrapped options are not ocicrypt JSON: {e}"))?;
     let symkey = Zeroizing::new(STANDARD.decode(&opts.symkey).map_err(|_| "symkey is not base64".to_string())?);
     let symkey: [u8; SYMKEY_LEN] =
         symkey.as_slice().try_into().map_err(|_| format!("symkey is {} bytes, expected {SYMKEY_LEN}", symkey.len()))?;
@@ -163,9 +164,7 @@ impl Attempt<'_> {
     }
 
     async fn open_provider(&mut self, name: &str, data: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-        let packet: ProviderPacket = match (data.len() <= MAX_PACKET_JSON)
-            .then(|| serde_json::from_slice(data))
-        {
+        let packet: ProviderPacket = match (data.len() <= MAX_PACKET_JSON).then(|| serde_json::from_slice(data)) {
             Some(Ok(p)) => p,
             Some(Err(e)) => {
                 self.recipients.push(format!("provider.{name} (unreadable packet: {e})"));
@@ -250,7 +249,11 @@ pub async fn unwrap_layer_keys(
                 return Err(OcicryptError::NoUsableKey {
                     layer,
                     recipients: attempt.recipients.join("; "),
-                    tried: if attempt.tried.is_empty() { "nothing applicable".into() } else { attempt.tried.join("; ") },
+                    tried: if attempt.tried.is_empty() {
+                        "nothing applicable".into()
+                    } else {
+                        attempt.tried.join("; ")
+                    },
                 })
             }
         }

@@ -40,7 +40,10 @@ fn named(name: &str, key: PrivateKey) -> DecryptionKey {
 async fn jwe_rsa_and_ec_recipients_unwrap_with_either_key() {
     let rsa = PrivateKey::generate_rsa(2048).unwrap();
     let ec = PrivateKey::generate_p256().unwrap();
-    let a = annotations(&opts_json(&[1; 32], &[2; 16]), &[Recipient::Jwe(rsa.public_key()), Recipient::Jwe(ec.public_key())]);
+    let a = annotations(
+        &opts_json(&[1; 32], &[2; 16]),
+        &[Recipient::Jwe(rsa.public_key()), Recipient::Jwe(ec.public_key())],
+    );
     for key in [rsa, ec] {
         let keys = unwrap_layer_keys(&[(layer(), Some(&a))], &cfg(vec![named("k", key)], Arc::new(NoKeySource)))
             .await
@@ -58,9 +61,15 @@ async fn no_or_wrong_key_names_layer_recipients_and_keys_tried() {
     let ec = PrivateKey::generate_p256().unwrap();
     let a = annotations(&opts_json(&[1; 32], &[2; 16]), &[Recipient::Jwe(ec.public_key())]);
     let e = unwrap_layer_keys(&[(layer(), Some(&a))], &DecryptConfig::default()).await.unwrap_err().to_string();
-    assert!(e.contains(&layer().to_string()) && e.contains("jwe [ECDH-ES+A256KW]") && e.contains("no --decryption-key"), "{e}");
+    assert!(
+        e.contains(&layer().to_string()) && e.contains("jwe [ECDH-ES+A256KW]") && e.contains("no --decryption-key"),
+        "{e}"
+    );
     let wrong = named("/keys/other.pem", PrivateKey::generate_p256().unwrap());
-    let e = unwrap_layer_keys(&[(layer(), Some(&a))], &cfg(vec![wrong], Arc::new(NoKeySource))).await.unwrap_err().to_string();
+    let e = unwrap_layer_keys(&[(layer(), Some(&a))], &cfg(vec![wrong], Arc::new(NoKeySource)))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("/keys/other.pem (EC P-256)") && e.contains("unwrap failed"), "{e}");
 }
 
@@ -73,7 +82,11 @@ fn dir_source(kek: &[u8]) -> (tempfile::TempDir, Arc<dyn KeySource>) {
 }
 
 fn provider(kek: &[u8], kid: &str) -> Recipient {
-    Recipient::Provider { name: "attestation-agent".into(), kid: kid.parse().unwrap(), kek: Zeroizing::new(kek.to_vec()) }
+    Recipient::Provider {
+        name: "attestation-agent".into(),
+        kid: kid.parse().unwrap(),
+        kek: Zeroizing::new(kek.to_vec()),
+    }
 }
 
 #[tokio::test]
@@ -92,7 +105,8 @@ async fn provider_packet_unwraps_with_kek_from_key_source() {
 async fn provider_failures_say_which_kid_and_why() {
     let (_d, source) = dir_source(&[8; 32]);
     let wrong_kek = annotations(&opts_json(&[3; 32], &[4; 16]), &[provider(&[7; 32], "kbs:///default/key/1")]);
-    let e = unwrap_layer_keys(&[(layer(), Some(&wrong_kek))], &cfg(vec![], source.clone())).await.unwrap_err().to_string();
+    let e =
+        unwrap_layer_keys(&[(layer(), Some(&wrong_kek))], &cfg(vec![], source.clone())).await.unwrap_err().to_string();
     assert!(e.contains("kbs:///default/key/1") && e.contains("did not open"), "{e}");
     let missing = annotations(&opts_json(&[3; 32], &[4; 16]), &[provider(&[7; 32], "kbs:///default/key/2")]);
     let e = unwrap_layer_keys(&[(layer(), Some(&missing))], &cfg(vec![], source)).await.unwrap_err().to_string();
@@ -112,10 +126,22 @@ async fn hostile_provider_packets_are_refused_with_reasons() {
     let (_d, source) = dir_source(&[7; 32]);
     let c = cfg(vec![], source);
     let cases = [
-        (serde_json::json!({"kid": "kbs:///../etc/x", "wrapped_data": "", "iv": "", "wrap_type": "A256GCM"}), "invalid segment"),
-        (serde_json::json!({"kid": "kbs:///default/key/1", "wrapped_data": "AA==", "iv": "AA==", "wrap_type": "A128CBC"}), "wrap_type"),
-        (serde_json::json!({"kid": "kbs:///default/key/1", "wrapped_data": "!", "iv": "AA==", "wrap_type": "A256GCM"}), "not base64"),
-        (serde_json::json!({"kid": "kbs:///default/key/1", "wrapped_data": "AAAA", "iv": "AA==", "wrap_type": "A256GCM"}), "did not open"),
+        (
+            serde_json::json!({"kid": "kbs:///../etc/x", "wrapped_data": "", "iv": "", "wrap_type": "A256GCM"}),
+            "invalid segment",
+        ),
+        (
+            serde_json::json!({"kid": "kbs:///default/key/1", "wrapped_data": "AA==", "iv": "AA==", "wrap_type": "A128CBC"}),
+            "wrap_type",
+        ),
+        (
+            serde_json::json!({"kid": "kbs:///default/key/1", "wrapped_data": "!", "iv": "AA==", "wrap_type": "A256GCM"}),
+            "not base64",
+        ),
+        (
+            serde_json::json!({"kid": "kbs:///default/key/1", "wrapped_data": "AAAA", "iv": "AA==", "wrap_type": "A256GCM"}),
+            "did not open",
+        ),
         (serde_json::json!({"kid": 5}), "unreadable packet"),
     ];
     for (packet, want) in cases {

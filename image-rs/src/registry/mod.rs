@@ -329,7 +329,9 @@ pub fn layer_media(media_type: &MediaType) -> Result<LayerMedia, RegistryError> 
         "application/vnd.oci.image.layer.v1.tar+encrypted" => "application/vnd.oci.image.layer.v1.tar",
         "application/vnd.oci.image.layer.v1.tar+gzip+encrypted" => "application/vnd.oci.image.layer.v1.tar+gzip",
         "application/vnd.oci.image.layer.v1.tar+zstd+encrypted" => "application/vnd.oci.image.layer.v1.tar+zstd",
-        "application/vnd.docker.image.rootfs.diff.tar.gzip+encrypted" => "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip+encrypted" => {
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        }
         m if m.ends_with("+encrypted") => {
             return Err(RegistryError::MediaType { what: "encrypted layer".into(), media_type: mt })
         }
