@@ -11,7 +11,7 @@ RELEASE_DIR  := target/$(TARGET)/release
 TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build release test lint fmt demo clean check-tools deps bench bench-pull
+.PHONY: all build release test lint fmt demo clean check-tools deps bench bench-pull bench-encrypted
 
 all: build
 
@@ -56,11 +56,15 @@ demo: check-tools
 	./agent/demo.sh target/debug
 
 # Benchmarks against real peers; results go to docs/BENCHMARKS.md.
-bench: bench-pull
+bench: bench-pull bench-encrypted
 
 # Image pull vs curl|gzip|tar, skopeo+umoci and ctr (root, about 10 min).
 bench-pull:
 	bash tests/bench/pull.sh
+
+# Encrypted (ocicrypt) vs plain pull of the same ~500 MB image (root, about 3 min).
+bench-encrypted:
+	bash tests/bench/encrypted.sh
 
 clean:
 	$(CARGO) clean
