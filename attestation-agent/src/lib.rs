@@ -12,3 +12,5 @@ pub mod jcs;
 pub mod config;
 pub mod initdata;
 pub mod measurement;
+pub mod kbs;
+pub mod tee_key;
