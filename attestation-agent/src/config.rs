@@ -163,21 +163,24 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::from_toml(&text, path)
     }
 
     /// Config from the kernel command line (kata's `agent.aa_kbc_params=cc_kbc::URL`).
     pub fn from_kernel_cmdline(cmdline: &str) -> Result<Self, ConfigError> {
-        let params = cmdline
-            .split_ascii_whitespace()
-            .find_map(|arg| arg.strip_prefix("agent.aa_kbc_params="))
-            .ok_or_else(|| ConfigError::Invalid("no config file and no agent.aa_kbc_params on the kernel command line".into()))?;
+        let params =
+            cmdline.split_ascii_whitespace().find_map(|arg| arg.strip_prefix("agent.aa_kbc_params=")).ok_or_else(
+                || ConfigError::Invalid("no config file and no agent.aa_kbc_params on the kernel command line".into()),
+            )?;
         let (kbc, url) = params
             .split_once("::")
             .ok_or_else(|| ConfigError::Invalid(format!("agent.aa_kbc_params={params:?}: expected cc_kbc::<url>")))?;
         if kbc != "cc_kbc" {
-            return Err(ConfigError::Invalid(format!("agent.aa_kbc_params: KBC {kbc:?} is not supported (only cc_kbc)")));
+            return Err(ConfigError::Invalid(format!(
+                "agent.aa_kbc_params: KBC {kbc:?} is not supported (only cc_kbc)"
+            )));
         }
         let config = Config {
             token_configs: TokenConfigs { kbs: Some(KbsTokenConfig { url: url.to_owned(), cert: None }) },
@@ -261,7 +264,8 @@ type = "sample"
 
     #[test]
     fn kernel_cmdline_fallback() {
-        let c = Config::from_kernel_cmdline("quiet agent.aa_kbc_params=cc_kbc::http://10.0.2.2:8080 console=hvc0").unwrap();
+        let c =
+            Config::from_kernel_cmdline("quiet agent.aa_kbc_params=cc_kbc::http://10.0.2.2:8080 console=hvc0").unwrap();
         assert_eq!(c.kbs().unwrap().url, "http://10.0.2.2:8080");
         assert!(Config::from_kernel_cmdline("quiet").is_err());
         assert!(Config::from_kernel_cmdline("agent.aa_kbc_params=offline_fs_kbc::null").is_err());

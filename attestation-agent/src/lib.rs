@@ -7,10 +7,13 @@
 //! [`initdata`] (the measured config), [`config`], [`service`] (ttrpc
 //! handlers) and [`server`] (unix socket). The binary only wires these.
 
+pub mod agent;
 pub mod attester;
-pub mod jcs;
 pub mod config;
 pub mod initdata;
-pub mod measurement;
+pub mod jcs;
 pub mod kbs;
+pub mod measurement;
+pub mod server;
+pub mod service;
 pub mod tee_key;

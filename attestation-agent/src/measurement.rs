@@ -45,8 +45,18 @@ pub enum MeasurementError {
 #[serde(tag = "kind", rename_all = "lowercase")]
 enum Record {
     /// The register's value when the log first touched it.
-    Init { register: u64, value: String },
-    Event { seq: u64, register: u64, domain: String, operation: String, content: String, digest: String },
+    Init {
+        register: u64,
+        value: String,
+    },
+    Event {
+        seq: u64,
+        register: u64,
+        domain: String,
+        operation: String,
+        content: String,
+        digest: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -122,9 +132,17 @@ impl EventLog {
                 let digest_bytes = hex::decode(digest).map_err(|e| MeasurementError::InvalidEvent(e.to_string()))?;
                 let with_pending = replayed.as_ref().map(|v| extend_value(v, &digest_bytes));
                 if replayed.as_deref() == Some(&found[..]) {
-                    tracing::warn!(seq, register, "dropping an event whose register extension never happened (crash before extend)");
+                    tracing::warn!(
+                        seq,
+                        register,
+                        "dropping an event whose register extension never happened (crash before extend)"
+                    );
                 } else if with_pending.as_deref() == Some(&found[..]) {
-                    tracing::warn!(seq, register, "committing an event whose register extension happened before a crash");
+                    tracing::warn!(
+                        seq,
+                        register,
+                        "committing an event whose register extension happened before a crash"
+                    );
                     let record = pending.clone().expect("pending");
                     append(&self.path, &record)?;
                     state.records.push(record);
@@ -214,7 +232,10 @@ fn validate(domain: &str, operation: &str, content: &str) -> Result<(), Measurem
             return Some(format!("{what} is {} bytes (max {max})", v.len()));
         }
         if v.chars().any(|c| c.is_control() || (!spaces && c == ' ')) {
-            return Some(format!("{what} contains {}", if spaces { "control characters" } else { "spaces or control characters" }));
+            return Some(format!(
+                "{what} contains {}",
+                if spaces { "control characters" } else { "spaces or control characters" }
+            ));
         }
         None
     };
@@ -236,7 +257,9 @@ fn replay(records: &[Record], register: u64) -> Result<Option<Vec<u8>>, Measurem
             }
             Record::Event { register: reg, digest, .. } if *reg == register => {
                 let d = hex::decode(digest).map_err(|e| MeasurementError::InvalidEvent(e.to_string()))?;
-                let current = value.as_ref().ok_or_else(|| MeasurementError::InvalidEvent(format!("event for register {register} before its init record")))?;
+                let current = value.as_ref().ok_or_else(|| {
+                    MeasurementError::InvalidEvent(format!("event for register {register} before its init record"))
+                })?;
                 value = Some(extend_value(current, &d));
             }
             _ => {}
@@ -272,8 +295,11 @@ fn read_records(path: &Path) -> Result<Vec<Record>, MeasurementError> {
     let mut records = Vec::new();
     for (i, line) in raw[..complete].lines().enumerate() {
         let line = line.map_err(io_err(path))?;
-        let record: Record = serde_json::from_str(&line)
-            .map_err(|e| MeasurementError::Corrupt { path: path.to_owned(), line: i + 1, reason: e.to_string() })?;
+        let record: Record = serde_json::from_str(&line).map_err(|e| MeasurementError::Corrupt {
+            path: path.to_owned(),
+            line: i + 1,
+            reason: e.to_string(),
+        })?;
         records.push(record);
     }
     Ok(records)
@@ -348,7 +374,14 @@ mod tests {
         log.extend(2, "d", "op", "first").unwrap();
         // Simulate: WAL written, register extended, crash before the append.
         let digest = event_digest("d", "op", "second");
-        let pending = Record::Event { seq: 1, register: 2, domain: "d".into(), operation: "op".into(), content: "second".into(), digest: hex::encode(&digest) };
+        let pending = Record::Event {
+            seq: 1,
+            register: 2,
+            domain: "d".into(),
+            operation: "op".into(),
+            content: "second".into(),
+            digest: hex::encode(&digest),
+        };
         write_wal(&log.wal, &pending).unwrap();
         att.extend_register(2, &digest).unwrap();
         drop(log);
@@ -365,7 +398,14 @@ mod tests {
         let att = sample();
         let log = EventLog::open(&path, att.clone()).unwrap();
         log.extend(2, "d", "op", "first").unwrap();
-        let pending = Record::Event { seq: 1, register: 2, domain: "d".into(), operation: "op".into(), content: "lost".into(), digest: hex::encode(event_digest("d", "op", "lost")) };
+        let pending = Record::Event {
+            seq: 1,
+            register: 2,
+            domain: "d".into(),
+            operation: "op".into(),
+            content: "lost".into(),
+            digest: hex::encode(event_digest("d", "op", "lost")),
+        };
         write_wal(&log.wal, &pending).unwrap();
         drop(log);
         let log = EventLog::open(&path, att.clone()).unwrap();
@@ -380,7 +420,14 @@ mod tests {
         let att = sample();
         let log = EventLog::open(&path, att.clone()).unwrap();
         log.extend(2, "d", "op", "first").unwrap();
-        let pending = Record::Event { seq: 1, register: 2, domain: "d".into(), operation: "op".into(), content: "x".into(), digest: hex::encode(event_digest("d", "op", "x")) };
+        let pending = Record::Event {
+            seq: 1,
+            register: 2,
+            domain: "d".into(),
+            operation: "op".into(),
+            content: "x".into(),
+            digest: hex::encode(event_digest("d", "op", "x")),
+        };
         write_wal(&log.wal, &pending).unwrap();
         att.extend_register(2, &[7; 48]).unwrap(); // someone else extended
         drop(log);

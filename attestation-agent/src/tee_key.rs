@@ -37,8 +37,12 @@ impl std::fmt::Debug for TeeKey {
 impl TeeKey {
     pub fn generate(alg: TeeKeyAlgorithm, allow_rsa1_5: bool, max_jwe: usize) -> Result<Self, TeeKeyError> {
         let (private, key_alg) = match alg {
-            TeeKeyAlgorithm::EcP256 => (PrivateKey::generate_p256().map_err(TeeKeyError::Generate)?, KeyAlg::EcdhEsA256kw),
-            TeeKeyAlgorithm::Rsa2048 => (PrivateKey::generate_rsa(2048).map_err(TeeKeyError::Generate)?, KeyAlg::RsaOaep256),
+            TeeKeyAlgorithm::EcP256 => {
+                (PrivateKey::generate_p256().map_err(TeeKeyError::Generate)?, KeyAlg::EcdhEsA256kw)
+            }
+            TeeKeyAlgorithm::Rsa2048 => {
+                (PrivateKey::generate_rsa(2048).map_err(TeeKeyError::Generate)?, KeyAlg::RsaOaep256)
+            }
         };
         let jwk = private.public_key().to_jwk(key_alg);
         let alg = jwk.alg.clone().ok_or_else(|| TeeKeyError::Export("no alg".into()))?;

@@ -179,7 +179,10 @@ pub fn build(choice: AttesterChoice, io: Arc<dyn KernelIo>) -> Result<Arc<dyn At
             // The Azure vTPM evidence needs a TPM 2.0 stack (tss-esapi links
             // the C tpm2-tss libraries) and the Azure IMDS/HCL report parser;
             // neither is available as pure Rust on crates.io.
-            return Err(AttesterError::Unsupported { tee: kind, what: "this build (no pure-Rust TPM stack for the Azure vTPM)" });
+            return Err(AttesterError::Unsupported {
+                tee: kind,
+                what: "this build (no pure-Rust TPM stack for the Azure vTPM)",
+            });
         }
     })
 }

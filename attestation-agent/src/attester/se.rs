@@ -125,7 +125,9 @@ impl Attester for SeAttester {
 
     fn evidence(&self, req: &EvidenceRequest<'_>) -> Result<serde_json::Value, AttesterError> {
         let nonce = req.kbs_nonce.ok_or_else(|| {
-            AttesterError::Invalid("SE evidence needs the KBS challenge (the attestation request travels in the nonce)".into())
+            AttesterError::Invalid(
+                "SE evidence needs the KBS challenge (the attestation request travels in the nonce)".into(),
+            )
         })?;
         let request: SeAttestationRequest = serde_json::from_str(nonce)
             .map_err(|e| AttesterError::Malformed(format!("KBS nonce is not an SE attestation request: {e}")))?;
@@ -134,7 +136,10 @@ impl Attester for SeAttester {
         }
         let (meas_len, add_len) = (request.measurement_size as usize, request.additional_size as usize);
         if request.request_blob.is_empty() || request.request_blob.len() > ARCB_MAX {
-            return Err(AttesterError::Malformed(format!("SE request blob is {} bytes (1..={ARCB_MAX})", request.request_blob.len())));
+            return Err(AttesterError::Malformed(format!(
+                "SE request blob is {} bytes (1..={ARCB_MAX})",
+                request.request_blob.len()
+            )));
         }
         if meas_len == 0 || meas_len > MEASUREMENT_MAX || add_len > ADDITIONAL_MAX {
             return Err(AttesterError::Malformed(format!(

@@ -103,7 +103,10 @@ impl SnpAttester {
             self.ext_report_ioctl(report_data)?
         };
         if report.len() < REPORT_LEN {
-            return Err(AttesterError::Malformed(format!("SNP report is {} bytes, expected {REPORT_LEN}", report.len())));
+            return Err(AttesterError::Malformed(format!(
+                "SNP report is {} bytes, expected {REPORT_LEN}",
+                report.len()
+            )));
         }
         if report[REPORT_DATA_OFFSET..REPORT_DATA_OFFSET + 64] != report_data[..] {
             return Err(AttesterError::Malformed("SNP report does not carry the report_data we asked for".into()));
@@ -178,18 +181,16 @@ pub fn parse_cert_table(table: &[u8]) -> Result<Vec<CertTableEntry>, AttesterErr
         }
         let offset = u32::from_le_bytes(entry[16..20].try_into().expect("4 bytes")) as usize;
         let length = u32::from_le_bytes(entry[20..24].try_into().expect("4 bytes")) as usize;
-        let data = offset
-            .checked_add(length)
-            .and_then(|end| table.get(offset..end))
-            .ok_or_else(|| {
-                AttesterError::Malformed(format!(
-                    "SNP certificate entry {} points at {offset}+{length}, outside the {}-byte table",
-                    entries.len(),
-                    table.len()
-                ))
-            })?;
+        let data = offset.checked_add(length).and_then(|end| table.get(offset..end)).ok_or_else(|| {
+            AttesterError::Malformed(format!(
+                "SNP certificate entry {} points at {offset}+{length}, outside the {}-byte table",
+                entries.len(),
+                table.len()
+            ))
+        })?;
         let uuid = uuid::Uuid::from_slice(guid).map_err(|e| AttesterError::Malformed(e.to_string()))?;
-        let cert = CertTableEntry::from_guid(&uuid, data.to_vec()).map_err(|e| AttesterError::Malformed(e.to_string()))?;
+        let cert =
+            CertTableEntry::from_guid(&uuid, data.to_vec()).map_err(|e| AttesterError::Malformed(e.to_string()))?;
         entries.push(cert);
         at += CERT_ENTRY_LEN;
         if entries.len() > 64 {

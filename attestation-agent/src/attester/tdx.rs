@@ -139,7 +139,11 @@ impl Attester for TdxAttester {
         if self.io.exists(&file) {
             let value = self.io.read(&file).map_err(|e| AttesterError::io("read RTMR from", &file, e))?;
             if value.len() != 48 {
-                return Err(AttesterError::Malformed(format!("{} holds {} bytes, not 48", file.display(), value.len())));
+                return Err(AttesterError::Malformed(format!(
+                    "{} holds {} bytes, not 48",
+                    file.display(),
+                    value.len()
+                )));
             }
             return Ok(value);
         }

@@ -81,7 +81,11 @@ impl KbsClient {
     pub fn new(config: &Config, attester: Arc<dyn Attester>, initdata: Option<String>) -> Result<Self, KbsError> {
         let kbs = config.kbs().map_err(|e| KbsError::Config(e.to_string()))?;
         let transport = Transport::new(&config.kbs_client, kbs.cert.as_deref())?;
-        let key = TeeKey::generate(config.kbs_client.tee_key, config.kbs_client.allow_rsa1_5, config.kbs_client.max_response_bytes)?;
+        let key = TeeKey::generate(
+            config.kbs_client.tee_key,
+            config.kbs_client.allow_rsa1_5,
+            config.kbs_client.max_response_bytes,
+        )?;
         let url = kbs.url.trim_end_matches('/').to_owned();
         let resource_url = config.kbs_client.resource_url.as_deref().unwrap_or(&url).trim_end_matches('/').to_owned();
         Ok(Self {
@@ -131,7 +135,8 @@ impl KbsClient {
                 KbsMode::BackgroundCheck => (session.cookie.as_deref(), None),
                 KbsMode::Passport => (None, Some(session.token.as_str())),
             };
-            let answer = self.transport.send(&Call { method: Method::GET, url: &url, json: None, cookie, bearer }).await?;
+            let answer =
+                self.transport.send(&Call { method: Method::GET, url: &url, json: None, cookie, bearer }).await?;
             match answer.status {
                 StatusCode::OK => {
                     let plaintext = self.key.decrypt(&answer.body)?;

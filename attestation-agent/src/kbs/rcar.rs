@@ -69,7 +69,10 @@ impl KbsClient {
         let challenge: Challenge = serde_json::from_slice(&answer.body)
             .map_err(|e| KbsError::Protocol(format!("auth answer is not a challenge: {e}")))?;
         if challenge.nonce.is_empty() || challenge.nonce.len() > MAX_NONCE {
-            return Err(KbsError::Protocol(format!("challenge nonce is {} bytes (1..={MAX_NONCE})", challenge.nonce.len())));
+            return Err(KbsError::Protocol(format!(
+                "challenge nonce is {} bytes (1..={MAX_NONCE})",
+                challenge.nonce.len()
+            )));
         }
         let algorithm = negotiated(&challenge, tee)?;
 
@@ -80,7 +83,11 @@ impl KbsClient {
         let nonce = challenge.nonce.clone();
         let aael = self.eventlog.as_ref().and_then(|(log, reg)| log.aael(*reg));
         let primary_evidence = tokio::task::spawn_blocking(move || {
-            attester.evidence(&EvidenceRequest { report_data: &report_data, kbs_nonce: Some(&nonce), aa_eventlog: aael.as_deref() })
+            attester.evidence(&EvidenceRequest {
+                report_data: &report_data,
+                kbs_nonce: Some(&nonce),
+                aa_eventlog: aael.as_deref(),
+            })
         })
         .await
         .map_err(|e| KbsError::Protocol(format!("evidence task failed: {e}")))??;
@@ -94,7 +101,13 @@ impl KbsClient {
         let attest_url = format!("{}/kbs/v0/attest", self.url);
         let answer = self
             .transport
-            .send(&Call { method: Method::POST, url: &attest_url, json: Some(&body), cookie: cookie.as_deref(), bearer: None })
+            .send(&Call {
+                method: Method::POST,
+                url: &attest_url,
+                json: Some(&body),
+                cookie: cookie.as_deref(),
+                bearer: None,
+            })
             .await?;
         if answer.status != StatusCode::OK {
             return Err(http_error(&attest_url, answer.status, &answer.body));
@@ -119,7 +132,12 @@ mod tests {
 
     #[test]
     fn binding_hash_is_over_the_jcs_of_the_three_members() {
-        let tpk = kbs_types::TeePubKey::EC { crv: "P-256".into(), alg: "ECDH-ES+A256KW".into(), x: "X".into(), y: "Y".into() };
+        let tpk = kbs_types::TeePubKey::EC {
+            crv: "P-256".into(),
+            alg: "ECDH-ES+A256KW".into(),
+            x: "X".into(),
+            y: "Y".into(),
+        };
         let h = binding_hash(HashAlgorithm::Sha384, "N", &tpk, "").unwrap();
         let expected = HashAlgorithm::Sha384.digest(
             br#"{"additional-evidence":"","nonce":"N","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"X","y":"Y"}}"#,
@@ -134,7 +152,10 @@ mod tests {
         let c = |v: serde_json::Value| Challenge { nonce: "n".into(), extra_params: v };
         assert_eq!(negotiated(&c(json!({})), TeeKind::Tdx).unwrap(), HashAlgorithm::Sha384);
         assert_eq!(negotiated(&c(json!("")), TeeKind::Se).unwrap(), HashAlgorithm::Sha512);
-        assert_eq!(negotiated(&c(json!({"selected-hash-algorithm": "SHA512"})), TeeKind::Tdx).unwrap(), HashAlgorithm::Sha512);
+        assert_eq!(
+            negotiated(&c(json!({"selected-hash-algorithm": "SHA512"})), TeeKind::Tdx).unwrap(),
+            HashAlgorithm::Sha512
+        );
         assert!(negotiated(&c(json!({"selected-hash-algorithm": "md5"})), TeeKind::Tdx).is_err());
         assert!(negotiated(&c(json!({"selected-hash-algorithm": 5})), TeeKind::Tdx).is_err());
     }

@@ -73,8 +73,8 @@ pub fn token_expiry(token: &str) -> Result<Option<u64>, KbsError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .map_err(|_| KbsError::Protocol("attestation token payload is not base64url".into()))?;
-    let claims: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|_| KbsError::Protocol("attestation token payload is not JSON".into()))?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|_| KbsError::Protocol("attestation token payload is not JSON".into()))?;
     match claims.get("exp") {
         None => Ok(None),
         Some(exp) => exp

@@ -57,7 +57,9 @@ impl Transport {
             let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
                 .map_err(|e| KbsError::Config(format!("KBS certificate (token_configs.kbs.cert): {e}")))?;
             if certs.is_empty() {
-                return Err(KbsError::Config("KBS certificate (token_configs.kbs.cert) holds no PEM certificate".into()));
+                return Err(KbsError::Config(
+                    "KBS certificate (token_configs.kbs.cert) holds no PEM certificate".into(),
+                ));
             }
             builder = builder.tls_certs_only(certs);
         }
@@ -89,7 +91,13 @@ impl Transport {
                     other => other,
                 };
             }
-            tracing::warn!(url = call.url, attempt, max = self.max_attempts, delay_ms = delay.as_millis() as u64, "KBS request failed; retrying");
+            tracing::warn!(
+                url = call.url,
+                attempt,
+                max = self.max_attempts,
+                delay_ms = delay.as_millis() as u64,
+                "KBS request failed; retrying"
+            );
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
             attempt += 1;
@@ -107,7 +115,11 @@ impl Transport {
         if let Some(token) = call.bearer {
             req = req.bearer_auth(token);
         }
-        let unreachable = |e: reqwest::Error| KbsError::Unreachable { url: call.url.to_owned(), attempts: 1, reason: error_chain(&e) };
+        let unreachable = |e: reqwest::Error| KbsError::Unreachable {
+            url: call.url.to_owned(),
+            attempts: 1,
+            reason: error_chain(&e),
+        };
         let mut resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
         let headers = resp.headers().clone();

@@ -66,13 +66,12 @@ fn acceptor(cert_pem: &str, key_pem: &str) -> anyhow::Result<tokio_rustls::TlsAc
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     shared.stats.requests.fetch_add(1, Ordering::SeqCst);
-    if shared
-        .unavailable_left
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok()
-    {
+    if shared.unavailable_left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
         return Ok(to_response(Reply::error(503, "Unavailable", "test KBS told to be unavailable")));
     }
     let method = req.method().as_str().to_owned();
@@ -96,7 +95,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     };
     let reply = protocol::handle(
         &shared,
-        protocol::Incoming { method: &method, path: &path, cookie: cookie.as_deref(), bearer: bearer.as_deref(), body: &body },
+        protocol::Incoming {
+            method: &method,
+            path: &path,
+            cookie: cookie.as_deref(),
+            bearer: bearer.as_deref(),
+            body: &body,
+        },
     );
     Ok(to_response(reply))
 }

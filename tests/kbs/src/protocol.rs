@@ -71,7 +71,9 @@ pub fn handle(shared: &Shared, req: Incoming<'_>) -> Reply {
     match (req.method, req.path) {
         ("POST", "/kbs/v0/auth") => auth(shared, req.body),
         ("POST", "/kbs/v0/attest") => attest(shared, req.cookie, req.body),
-        ("GET", p) if p.starts_with("/kbs/v0/resource/") => resource(shared, &p["/kbs/v0/resource/".len()..], req.cookie, req.bearer),
+        ("GET", p) if p.starts_with("/kbs/v0/resource/") => {
+            resource(shared, &p["/kbs/v0/resource/".len()..], req.cookie, req.bearer)
+        }
         _ => Reply::error(404, "PluginNotFound", format!("no handler for {} {}", req.method, req.path)),
     }
 }
@@ -93,13 +95,22 @@ fn auth(shared: &Shared, body: &[u8]) -> Reply {
         .map(|a| a.iter().filter_map(Value::as_str).map(str::to_lowercase).collect())
         .unwrap_or_default();
     let preferred = if request.tee == Tee::Se { HashAlgorithm::Sha512 } else { HashAlgorithm::Sha384 };
-    let hash = if offered.is_empty() || offered.iter().any(|a| a == preferred.as_ref()) { preferred } else {
+    let hash = if offered.is_empty() || offered.iter().any(|a| a == preferred.as_ref()) {
+        preferred
+    } else {
         return Reply::unauthorized("InvalidRequest", format!("client offers {offered:?}, we need {preferred}"));
     };
     let faults = shared.config.lock().unwrap_or_else(|p| p.into_inner()).faults.clone();
     let nonce = random_b64(32);
     let id = faults.bad_cookie.clone().unwrap_or_else(|| hex_id());
-    let session = Session { tee: request.tee, nonce: nonce.clone(), hash, expires: now() + SESSION_TTL.as_secs(), tee_pubkey: None, token_exp: 0 };
+    let session = Session {
+        tee: request.tee,
+        nonce: nonce.clone(),
+        hash,
+        expires: now() + SESSION_TTL.as_secs(),
+        tee_pubkey: None,
+        token_exp: 0,
+    };
     shared.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), session);
     let challenge = if faults.malformed_challenge {
         json!({"extra-params": {}})
@@ -128,7 +139,9 @@ fn trimmed_jwk(tpk: &TeePubKey) -> Value {
 
 fn attest(shared: &Shared, cookie: Option<&str>, body: &[u8]) -> Reply {
     shared.stats.attest.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let Some(id) = cookie else { return Reply::unauthorized("MissingCookie", "attest without a kbs-session-id cookie") };
+    let Some(id) = cookie else {
+        return Reply::unauthorized("MissingCookie", "attest without a kbs-session-id cookie");
+    };
     let mut sessions = shared.sessions.lock().unwrap_or_else(|p| p.into_inner());
     let Some(session) = sessions.get_mut(id) else { return Reply::unauthorized("SessionNotFound", "unknown session") };
     if session.expires <= now() {
@@ -139,7 +152,10 @@ fn attest(shared: &Shared, cookie: Option<&str>, body: &[u8]) -> Reply {
         Err(e) => return Reply::unauthorized("InvalidRequest", format!("attest request: {e}")),
     };
     if session.tee != Tee::Sample {
-        return Reply::unauthorized("AttestationFailed", format!("this test KBS verifies only sample evidence, not {:?}", session.tee));
+        return Reply::unauthorized(
+            "AttestationFailed",
+            format!("this test KBS verifies only sample evidence, not {:?}", session.tee),
+        );
     }
     if attestation.runtime_data.nonce != session.nonce {
         return Reply::unauthorized("AttestationFailed", "runtime-data nonce is not the challenge nonce");
@@ -182,7 +198,8 @@ fn jcs(v: &Value) -> String {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
             keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-            let members: Vec<String> = keys.iter().map(|k| format!("{}:{}", Value::String((*k).clone()), jcs(&m[*k]))).collect();
+            let members: Vec<String> =
+                keys.iter().map(|k| format!("{}:{}", Value::String((*k).clone()), jcs(&m[*k]))).collect();
             format!("{{{}}}", members.join(","))
         }
         Value::Array(a) => format!("[{}]", a.iter().map(jcs).collect::<Vec<_>>().join(",")),
@@ -198,7 +215,9 @@ fn resource(shared: &Shared, path: &str, cookie: Option<&str>, bearer: Option<&s
             Err(why) => return Reply::unauthorized("TokenVerification", why),
         }
     } else {
-        let Some(id) = cookie else { return Reply::unauthorized("MissingCookie", "resource request without session cookie or token") };
+        let Some(id) = cookie else {
+            return Reply::unauthorized("MissingCookie", "resource request without session cookie or token");
+        };
         let sessions = shared.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let Some(session) = sessions.get(id) else { return Reply::unauthorized("SessionNotFound", "unknown session") };
         if session.tee_pubkey.is_none() {
@@ -227,7 +246,12 @@ fn resource(shared: &Shared, path: &str, cookie: Option<&str>, bearer: Option<&s
         return Reply { status: 200, body: vec![b'a'; n], set_cookie: None, content_type: "application/json" };
     }
     if config.faults.garbage_resource {
-        return Reply { status: 200, body: b"\x00\xffnot json".to_vec(), set_cookie: None, content_type: "application/json" };
+        return Reply {
+            status: 200,
+            body: b"\x00\xffnot json".to_vec(),
+            set_cookie: None,
+            content_type: "application/json",
+        };
     }
     let Some(plaintext) = config.resources.get(path) else {
         return Reply::unauthorized("ResourceNotFound", format!("no resource {path}"));
@@ -236,7 +260,12 @@ fn resource(shared: &Shared, path: &str, cookie: Option<&str>, bearer: Option<&s
         Ok(k) => k,
         Err(e) => return Reply::unauthorized("InvalidRequest", format!("tee-pubkey: {e}")),
     };
-    let jwe = match cvm_crypto::jwe::encrypt(plaintext, &[cvm_crypto::jwe::Recipient::new(&key)], cvm_crypto::jwe::Serialization::Flattened, None) {
+    let jwe = match cvm_crypto::jwe::encrypt(
+        plaintext,
+        &[cvm_crypto::jwe::Recipient::new(&key)],
+        cvm_crypto::jwe::Serialization::Flattened,
+        None,
+    ) {
         Ok(j) => j,
         Err(e) => return Reply::error(500, "JweEncryption", e.to_string()),
     };

@@ -31,8 +31,9 @@ pub fn verify(key: &[u8; 32], token: &str, now: u64) -> Result<Value, &'static s
     let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| "token signature is not base64url")?;
     hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, key), format!("{h}.{p}").as_bytes(), &sig)
         .map_err(|_| "token signature does not verify")?;
-    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).map_err(|_| "token payload is not base64url")?)
-        .map_err(|_| "token payload is not JSON")?;
+    let claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).map_err(|_| "token payload is not base64url")?)
+            .map_err(|_| "token payload is not JSON")?;
     let exp = claims.get("exp").and_then(Value::as_u64).ok_or("token has no exp")?;
     if exp <= now {
         return Err("token expired");
