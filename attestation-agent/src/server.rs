@@ -49,7 +49,12 @@ fn prepare(path: &Path) -> anyhow::Result<()> {
 pub async fn serve_until(agent: Arc<Agent>, socket: &str, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let path = socket_path(socket)?;
     prepare(&path)?;
-    let listener = Listener::bind(socket).with_context(|| format!("cannot listen on {socket}"))?;
+    // Created owner-only from the start: no window in which another user can connect.
+    // SAFETY: umask only changes this process's file-creation mask.
+    let old_mask = unsafe { libc::umask(0o177) };
+    let bound = Listener::bind(socket);
+    unsafe { libc::umask(old_mask) };
+    let listener = bound.with_context(|| format!("cannot listen on {socket}"))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let mut server = Server::new().add_listener(listener).register_service(crate::service::services(agent.clone()));
     server.start().await.with_context(|| format!("cannot start ttrpc server on {socket}"))?;
