@@ -102,7 +102,7 @@ fn auth(shared: &Shared, body: &[u8]) -> Reply {
     };
     let faults = shared.config.lock().unwrap_or_else(|p| p.into_inner()).faults.clone();
     let nonce = random_b64(32);
-    let id = faults.bad_cookie.clone().unwrap_or_else(|| hex_id());
+    let id = faults.bad_cookie.clone().unwrap_or_else(hex_id);
     let session = Session {
         tee: request.tee,
         nonce: nonce.clone(),
