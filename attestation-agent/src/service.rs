@@ -31,7 +31,7 @@ fn status(err: AgentError, rpc: &'static str) -> ttrpc::Error {
     let code = match &err {
         AgentError::InvalidArgument(_) | AgentError::Kbs(KbsError::Uri(_)) => Code::INVALID_ARGUMENT,
         AgentError::Kbs(KbsError::Refused { .. }) => Code::PERMISSION_DENIED,
-        AgentError::Kbs(KbsError::Unreachable { .. }) => Code::UNAVAILABLE,
+        AgentError::Kbs(KbsError::Unreachable { .. } | KbsError::Tls { .. }) => Code::UNAVAILABLE,
         AgentError::NoKbs | AgentError::Kbs(KbsError::Config(_)) => Code::FAILED_PRECONDITION,
         AgentError::Attester(crate::attester::AttesterError::Unsupported { .. }) => Code::UNIMPLEMENTED,
         AgentError::Measurement(crate::measurement::MeasurementError::InvalidEvent(_)) => Code::INVALID_ARGUMENT,

@@ -227,12 +227,14 @@ async fn https_with_a_pinned_certificate() {
     let client = KbsClient::new(&cfg, sample(), None).unwrap();
     assert_eq!(&client.get_resource("kbs:///default/key/0").await.unwrap()[..], b"secret-0");
 
+    let requests = kbs.stats().requests.load(std::sync::atomic::Ordering::SeqCst);
     let mut wrong = config(&kbs.url(), "");
-    wrong.kbs_client.max_attempts = 1;
     wrong.token_configs.kbs.as_mut().unwrap().cert = Some(other_cert);
     let client = KbsClient::new(&wrong, sample(), None).unwrap();
-    let err = client.get_resource("kbs:///default/key/0").await.unwrap_err().to_string();
-    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let err = client.get_resource("kbs:///default/key/0").await.unwrap_err();
+    assert!(matches!(err, KbsError::Tls { .. }), "a certificate failure is not retried: {err}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    assert_eq!(kbs.stats().requests.load(std::sync::atomic::Ordering::SeqCst), requests, "no request reached the KBS");
 }
 
 #[tokio::test]

@@ -37,6 +37,8 @@ pub enum KbsError {
     Config(String),
     #[error("KBS at {url} unreachable after {attempts} attempt(s): {reason}")]
     Unreachable { url: String, attempts: u32, reason: String },
+    #[error("TLS to the KBS at {url} failed (check token_configs.kbs.cert): {reason}")]
+    Tls { url: String, reason: String },
     #[error("KBS refused ({status}) {variant}: {detail}")]
     Refused { status: u16, variant: String, detail: String },
     #[error("KBS answered HTTP {status} to {url}: {body}")]

@@ -115,10 +115,14 @@ impl Transport {
         if let Some(token) = call.bearer {
             req = req.bearer_auth(token);
         }
-        let unreachable = |e: reqwest::Error| KbsError::Unreachable {
-            url: call.url.to_owned(),
-            attempts: 1,
-            reason: error_chain(&e),
+        let unreachable = |e: reqwest::Error| {
+            let reason = error_chain(&e);
+            // A certificate the pin or the roots reject will not get better by retrying.
+            if reason.contains("certificate") {
+                KbsError::Tls { url: call.url.to_owned(), reason }
+            } else {
+                KbsError::Unreachable { url: call.url.to_owned(), attempts: 1, reason }
+            }
         };
         let mut resp = req.send().await.map_err(unreachable)?;
         let status = resp.status();
