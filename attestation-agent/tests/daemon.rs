@@ -185,3 +185,28 @@ fn auto_attester_never_falls_back_to_sample() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn image_rs_key_source_fetches_through_the_daemon() {
+    use image_rs::keysource::{AaKeySource, KeySource, KeySourceError, ResourceUri};
+
+    let kbs = TestKbs::start(KbsConfig { resources: support::resources(2), ..KbsConfig::default() }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), &kbs.url());
+    let source = AaKeySource::new(format!("unix://{}", daemon.socket.display()), Duration::from_secs(20));
+    for i in 0..2 {
+        let uri: ResourceUri = format!("kbs:///default/key/{i}").parse().unwrap();
+        assert_eq!(source.get_resource(&uri).await.unwrap().as_slice(), format!("secret-{i}").as_bytes());
+    }
+    let missing: ResourceUri = "kbs:///default/key/absent".parse().unwrap();
+    let err = source.get_resource(&missing).await.unwrap_err();
+    assert!(matches!(err, KeySourceError::NotFound { .. }), "{err}");
+    kbs.update(|c| c.policy = test_kbs::Policy::DenyAll);
+    let denied: ResourceUri = "kbs:///default/key/0".parse().unwrap();
+    assert!(matches!(source.get_resource(&denied).await.unwrap_err(), KeySourceError::Denied { .. }));
+    assert_eq!(kbs.stats().attestations(), 1);
+
+    drop(daemon);
+    let err = source.get_resource(&denied).await.unwrap_err();
+    assert!(matches!(err, KeySourceError::Unavailable { .. }), "{err}");
+}

@@ -174,6 +174,7 @@ async fn policy_denial_and_missing_resources_are_named() {
     assert!(matches!(&denied, KbsError::Refused { variant, .. } if variant == "PolicyDeny"), "{denied}");
     let missing = client.get_resource("kbs:///default/key/404").await.unwrap_err();
     assert!(matches!(&missing, KbsError::Refused { variant, .. } if variant == "ResourceNotFound"), "{missing}");
+    assert_eq!(kbs.stats().attestations(), 1, "a policy verdict does not trigger re-attestation");
     let traversal = client.get_resource("kbs:///default/../secret").await.unwrap_err();
     assert!(matches!(traversal, KbsError::Uri(_)), "{traversal}");
 }

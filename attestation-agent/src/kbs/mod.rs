@@ -31,6 +31,10 @@ use crate::tee_key::{TeeKey, TeeKeyError};
 
 pub const KBS_PROTOCOL_VERSION: &str = "0.4.0";
 
+/// 401 error variants that are answers about the resource, not about the
+/// session: re-attesting would only repeat the handshake for the same answer.
+const FINAL_VERDICTS: [&str; 2] = ["PolicyDeny", "ResourceNotFound"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum KbsError {
     #[error("config: {0}")]
@@ -147,6 +151,10 @@ impl KbsClient {
                 }
                 StatusCode::UNAUTHORIZED if round == 0 => {
                     let err = refused(&answer.status, &answer.body);
+                    // A verdict on a valid session: new evidence would not change it.
+                    if matches!(&err, KbsError::Refused { variant, .. } if FINAL_VERDICTS.contains(&variant.as_str())) {
+                        return Err(err);
+                    }
                     tracing::warn!(resource = %path, %err, "KBS rejected the session; attesting again");
                     stale = Some(session.id);
                 }
