@@ -119,9 +119,9 @@ struct CapData {
 
 const CAP_V3: u32 = 0x2008_0522;
 
-/// Drops the bounding set, then sets effective/permitted/inheritable, then
-/// raises the ambient set. Call after the uid switch (with KEEPCAPS set).
-pub fn apply(caps: &ProcessCaps) -> io::Result<()> {
+/// Drops every capability outside the bounding set. Needs CAP_SETPCAP, so
+/// call it before switching to a non-root user.
+pub fn drop_bounding(caps: &ProcessCaps) -> io::Result<()> {
     for cap in 0..=last_cap() {
         if !caps.bounding.contains(cap) {
             // SAFETY: integer prctl.
@@ -133,6 +133,12 @@ pub fn apply(caps: &ProcessCaps) -> io::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Sets effective/permitted/inheritable, then raises the ambient set. Call
+/// after the uid switch (with KEEPCAPS set so permitted survives it).
+pub fn apply(caps: &ProcessCaps) -> io::Result<()> {
     let mut hdr = CapHeader { version: CAP_V3, pid: 0 };
     let mut data = [CapData::default(); 2];
     for (i, d) in data.iter_mut().enumerate() {

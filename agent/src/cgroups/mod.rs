@@ -126,8 +126,23 @@ impl ContainerCgroup {
         Ok(())
     }
 
+    /// Freezes and waits until the kernel reports FROZEN (v1 passes
+    /// through FREEZING while tasks are stopped), re-requesting as runc does.
     pub fn freeze(&self) -> Result<(), CgroupError> {
-        self.freezer()?.freeze().map_err(self.err())
+        let freezer = self.freezer()?;
+        for _ in 0..2000 {
+            freezer.freeze().map_err(self.err())?;
+            if matches!(freezer.state().map_err(self.err())?, FreezerState::Frozen) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let _ = freezer.thaw();
+        Err(CgroupError::Io {
+            path: self.rel.clone(),
+            what: "freeze".into(),
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "tasks did not freeze within 2s"),
+        })
     }
 
     pub fn thaw(&self) -> Result<(), CgroupError> {

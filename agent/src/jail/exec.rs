@@ -132,6 +132,9 @@ pub fn exec_process(
     if let (Some(profile), false) = (seccomp, p.NoNewPrivileges) {
         crate::seccomp::install(profile, false).map_err(|e| format!("install seccomp: {e}"))?;
     }
+    if let Some(caps) = &caps {
+        capabilities::drop_bounding(caps).map_err(|e| format!("drop bounding capabilities: {e}"))?;
+    }
     switch_user(p.User.as_ref(), caps.is_some())?;
     if let Some(caps) = &caps {
         capabilities::apply(caps).map_err(|e| format!("apply capabilities: {e}"))?;

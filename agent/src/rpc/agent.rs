@@ -46,6 +46,14 @@ fn io_status(what: &str, err: std::io::Error) -> ttrpc::Error {
     status(RuntimeError::Internal(format!("{what}: {err}")))
 }
 
+/// Runs a blocking domain call on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static) -> ttrpc::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| status(RuntimeError::Internal(format!("task: {e}"))))?
+        .map_err(status)
+}
+
 impl AgentRpc {
     async fn read(&self, req: ReadStreamRequest, which: StdStream) -> ttrpc::Result<ReadStreamResponse> {
         let c = self.sandbox.container(&req.container_id).map_err(status)?;
@@ -129,13 +137,14 @@ impl AgentService for AgentRpc {
 
     async fn pause_container(&self, _ctx: &TtrpcContext, req: PauseContainerRequest) -> ttrpc::Result<Empty> {
         let c = self.sandbox.container(&req.container_id).map_err(status)?;
-        c.pause().map_err(status)?;
+        // Freezing polls the kernel until every task stopped: off the reactor.
+        blocking(move || c.pause()).await?;
         Ok(Empty::new())
     }
 
     async fn resume_container(&self, _ctx: &TtrpcContext, req: ResumeContainerRequest) -> ttrpc::Result<Empty> {
         let c = self.sandbox.container(&req.container_id).map_err(status)?;
-        c.resume().map_err(status)?;
+        blocking(move || c.resume()).await?;
         Ok(Empty::new())
     }
 

@@ -48,3 +48,7 @@ async fn destroy_sandbox_removes_everything_and_stops_the_agent() {
     assert!(!cg.exists(), "container cgroup left behind");
     assert!(!std::path::Path::new(&format!("/proc/{}", pids[0])).exists(), "container process left behind");
 }
+
+mod cgroups;
+mod confinement;
+mod stdio;
