@@ -51,4 +51,5 @@ async fn destroy_sandbox_removes_everything_and_stops_the_agent() {
 
 mod cgroups;
 mod confinement;
+mod load;
 mod stdio;
