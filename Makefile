@@ -8,10 +8,10 @@ STATIC_FLAGS := -C target-feature=+crt-static
 RELEASE_DIR  := target/$(TARGET)/release
 
 # Real peers the integration tests drive (Debian packages).
-TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates
+TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates runc crun
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build release test lint fmt demo clean check-tools deps bench bench-pull
+.PHONY: all build release test lint fmt demo clean check-tools deps bench bench-pull bench-runtime
 
 all: build
 
@@ -56,11 +56,15 @@ demo: check-tools
 	./agent/demo.sh target/debug
 
 # Benchmarks against real peers; results go to docs/BENCHMARKS.md.
-bench: bench-pull
+bench: bench-pull bench-runtime
 
 # Image pull vs curl|gzip|tar, skopeo+umoci and ctr (root, about 10 min).
 bench-pull:
 	bash tests/bench/pull.sh
+
+# Container create+start+wait through the agent vs crun and runc (root, about 2 min).
+bench-runtime: deps
+	bash tests/bench/runtime.sh
 
 clean:
 	$(CARGO) clean
