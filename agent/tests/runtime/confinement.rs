@@ -114,3 +114,32 @@ async fn user_and_additional_groups_are_applied() {
     // Effective caps of a non-root user come from the spec (kept across setuid).
     assert!(lines[3].starts_with("CapEff:"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_cgroup_rules_apply_in_order() {
+    if !prerequisites() {
+        return;
+    }
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        eprintln!("skipping: device rules on cgroup v2 need eBPF, which the agent does not load yet");
+        return;
+    }
+    let rt = Rt::start().await;
+    rt.create_sandbox("sb", false).await;
+    let mut s = spec(
+        &rt.rootfs("dev"),
+        &["sh", "-c", "echo x > /dev/null && echo null-ok; head -c1 /dev/zero >/dev/null 2>&1 || echo zero-denied"],
+    );
+    let rule = |allow: bool, t: &str, major: i64, minor: i64| oci::LinuxDeviceCgroup {
+        Allow: allow,
+        Type: t.into(),
+        Major: major,
+        Minor: minor,
+        Access: "rwm".into(),
+        ..Default::default()
+    };
+    let res = s.Linux.as_mut().unwrap().Resources.mut_or_insert_default();
+    res.Devices = vec![rule(false, "a", -1, -1), rule(true, "c", 1, 3)];
+    let (out, err, _) = run_output(&rt, "dev", s).await;
+    assert_eq!(out, "null-ok\nzero-denied\n", "{err}");
+}
