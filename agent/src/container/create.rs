@@ -98,6 +98,20 @@ impl Container {
         if process.Args.is_empty() {
             return Err(RuntimeError::InvalidArgument("Process.Args is empty".into()));
         }
+        if let Some(h) = p.spec.Hooks.as_ref() {
+            let n = h.Prestart.len()
+                + h.CreateRuntime.len()
+                + h.CreateContainer.len()
+                + h.StartContainer.len()
+                + h.Poststart.len()
+                + h.Poststop.len();
+            if n > 0 {
+                // Hooks from the host would run host-chosen code in the guest.
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "the spec has {n} OCI hooks; this agent does not run hooks from the host"
+                )));
+            }
+        }
         let rootfs = rootfs_of(&p.spec)?;
         let namespaces = plan_namespaces(&p.spec, &p.shared)?;
         let new_uts = namespaces.iter().any(|n| n.kind == NsKind::Uts && n.path.is_none());

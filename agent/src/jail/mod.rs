@@ -185,6 +185,7 @@ fn child(
                 exec::write_sysctl(key, value)?;
             }
         }
+        crate::mount::finalize_rootfs(&cfg.spec).map_err(|e| format!("rootfs: {e}"))?;
     }
     exec::set_rlimits(&process.Rlimits)?;
 

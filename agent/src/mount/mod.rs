@@ -144,7 +144,8 @@ pub fn mount(
 /// Host devices bind-mounted into a container /dev tmpfs (as runc's defaults).
 const DEFAULT_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
-/// Builds the container's mounts under `rootfs` and pivots into it.
+/// Builds the container's mounts under `rootfs` and pivots into it; call
+/// `finalize_rootfs` afterwards.
 pub fn setup_rootfs(spec: &protos::oci::Spec, rootfs: &Path) -> io::Result<()> {
     let linux = spec.Linux.as_ref();
     let prop = rootfs_propagation(linux.map_or("", |l| l.RootfsPropagation.as_str())).map_err(io::Error::other)?;
@@ -185,9 +186,13 @@ pub fn setup_rootfs(spec: &protos::oci::Spec, rootfs: &Path) -> io::Result<()> {
         }
     }
 
-    pivot_root(rootfs)?;
+    pivot_root(rootfs)
+}
 
-    if let Some(l) = linux {
+/// After sysctls are written (as runc orders it): masked and readonly
+/// paths, then the readonly rootfs.
+pub fn finalize_rootfs(spec: &protos::oci::Spec) -> io::Result<()> {
+    if let Some(l) = spec.Linux.as_ref() {
         for p in &l.MaskedPaths {
             mask_path(p)?;
         }

@@ -101,8 +101,11 @@ async fn user_and_additional_groups_are_applied() {
     }
     let rt = Rt::start().await;
     rt.create_sandbox("sb", false).await;
-    let mut s = spec(&rt.rootfs("user"), &["sh", "-c", "id -u; id -g; id -G; grep CapEff /proc/self/status"]);
+    let script = "id -u; id -g; id -G; grep CapEff /proc/self/status; ulimit -n; cat /proc/sys/net/ipv4/ip_forward";
+    let mut s = spec(&rt.rootfs("user"), &["sh", "-c", script]);
+    s.Linux.as_mut().unwrap().Sysctl.insert("net.ipv4.ip_forward".into(), "1".into());
     let p = s.Process.as_mut().unwrap();
+    p.Rlimits = vec![oci::POSIXRlimit { Type: "RLIMIT_NOFILE".into(), Hard: 321, Soft: 321, ..Default::default() }];
     p.User = Some(oci::User { UID: 1000, GID: 1000, AdditionalGids: vec![10, 20], ..Default::default() }).into();
     let (out, err, code) = run_output(&rt, "user", s).await;
     assert_eq!(code, 0, "{err}");
@@ -113,6 +116,8 @@ async fn user_and_additional_groups_are_applied() {
     assert!(groups.contains(&"10") && groups.contains(&"20"), "{groups:?}");
     // Effective caps of a non-root user come from the spec (kept across setuid).
     assert!(lines[3].starts_with("CapEff:"), "{out}");
+    assert_eq!(lines[4], "321", "RLIMIT_NOFILE");
+    assert_eq!(lines[5], "1", "sysctl in the container's network namespace");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
