@@ -166,7 +166,8 @@ fn child(
     }
     if cfg.mode == Mode::Create {
         if new_ns.contains(&NsKind::Mount) {
-            crate::mount::setup_rootfs(&cfg.spec, &cfg.rootfs).map_err(|e| format!("rootfs: {e}"))?;
+            crate::mount::setup_rootfs(&cfg.spec, &cfg.rootfs, &crate::mount::LinuxKernel)
+                .map_err(|e| format!("rootfs: {e}"))?;
         } else {
             return Err("a container needs its own mount namespace".into());
         }
@@ -185,7 +186,8 @@ fn child(
                 exec::write_sysctl(key, value)?;
             }
         }
-        crate::mount::finalize_rootfs(&cfg.spec).map_err(|e| format!("rootfs: {e}"))?;
+        crate::mount::finalize_rootfs(&cfg.spec, std::path::Path::new("/"), &crate::mount::LinuxKernel)
+            .map_err(|e| format!("rootfs: {e}"))?;
     }
     exec::set_rlimits(&process.Rlimits)?;
 
