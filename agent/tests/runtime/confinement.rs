@@ -148,3 +148,44 @@ async fn device_cgroup_rules_apply_in_order() {
     let (out, err, _) = run_output(&rt, "dev", s).await;
     assert_eq!(out, "null-ok\nzero-denied\n", "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_namespace_with_id_maps_applies_to_init_and_exec() {
+    if !prerequisites() {
+        return;
+    }
+    let rt = Rt::start().await;
+    // No sandbox: the container gets its own ipc/uts, owned by its user namespace.
+    let mut s = spec(&rt.rootfs("userns"), &["sh", "-c", "cat /proc/self/uid_map; id -u; sleep 1000"]);
+    let linux = s.Linux.as_mut().unwrap();
+    linux.Namespaces.push(oci::LinuxNamespace { Type: "user".into(), ..Default::default() });
+    let map = oci::LinuxIDMapping { ContainerID: 0, HostID: 100000, Size: 65536, ..Default::default() };
+    linux.UIDMappings = vec![map.clone()];
+    linux.GIDMappings = vec![map];
+    rt.run("userns", s).await;
+    let mut out = String::new();
+    while out.lines().count() < 2 {
+        let req = protos::agent::ReadStreamRequest { container_id: "userns".into(), len: 4096, ..Default::default() };
+        let chunk = rt.client.read_stdout(crate::harness::ctx(), &req).await.unwrap().data;
+        assert!(!chunk.is_empty(), "EOF early: {out:?} {}", rt.agent.log_text());
+        out.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words, ["0", "100000", "65536", "0"], "{out:?}");
+    // The init runs as host uid 100000.
+    let cg = rt.cgroup_dir("standalone", "userns", "pids");
+    let pid = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap().lines().next().unwrap().to_string();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("100000")), "{status}");
+
+    rt.exec("userns", "e", &["cat", "/proc/self/uid_map"], false).await.unwrap();
+    let words: Vec<String> = rt.read_all("userns", "e", false).await.split_whitespace().map(String::from).collect();
+    assert_eq!(words, ["0", "100000", "65536"], "exec joins the user namespace");
+    assert_eq!(rt.wait("userns", "e").await, 0);
+    rt.remove("userns").await.unwrap();
+
+    let mut bad = spec(&rt.rootfs("nomap"), &["true"]);
+    bad.Linux.as_mut().unwrap().Namespaces.push(oci::LinuxNamespace { Type: "user".into(), ..Default::default() });
+    let e = rt.create("nomap", bad).await.unwrap_err();
+    assert!(format!("{e:?}").contains("uidMappings"), "{e:?}");
+}
