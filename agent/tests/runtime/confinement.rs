@@ -189,3 +189,131 @@ async fn a_user_namespace_with_id_maps_applies_to_init_and_exec() {
     let e = rt.create("nomap", bad).await.unwrap_err();
     assert!(format!("{e:?}").contains("uidMappings"), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seccomp_argument_conditions_select_by_value_and_mask() {
+    if !prerequisites() {
+        return;
+    }
+    let rt = Rt::start().await;
+    rt.create_sandbox("sb", false).await;
+    // linux32 calls personality(PER_LINUX32 = 8), linux64 personality(PER_LINUX = 0).
+    let script = "linux64 true && echo linux64-ok; linux32 true 2>/dev/null || echo linux32-denied";
+    let mut s = spec(&rt.rootfs("args"), &["sh", "-c", script]);
+    let arg = oci::LinuxSeccompArg {
+        Index: 0,
+        Value: 0xffff,
+        ValueTwo: 8,
+        Op: "SCMP_CMP_MASKED_EQ".into(),
+        ..Default::default()
+    };
+    let deny = oci::LinuxSyscall {
+        Names: vec!["personality".into()],
+        Action: "SCMP_ACT_ERRNO".into(),
+        Args: vec![arg],
+        ..Default::default()
+    };
+    s.Linux.as_mut().unwrap().Seccomp =
+        Some(oci::LinuxSeccomp { DefaultAction: "SCMP_ACT_ALLOW".into(), Syscalls: vec![deny], ..Default::default() })
+            .into();
+    let (out, err, _) = run_output(&rt, "args", s).await;
+    assert_eq!(out, "linux64-ok\nlinux32-denied\n", "{err}");
+
+    // Default-deny with an allow list keyed on an argument (Docker's style):
+    // personality(0) allowed, anything else gets the default errno.
+    let script = "linux64 true && echo linux64-ok; linux32 true 2>/dev/null || echo linux32-denied";
+    let mut s = spec(&rt.rootfs("args2"), &["sh", "-c", script]);
+    let eq0 = oci::LinuxSeccompArg { Index: 0, Value: 0, Op: "SCMP_CMP_EQ".into(), ..Default::default() };
+    let allow_p = oci::LinuxSyscall {
+        Names: vec!["personality".into()],
+        Action: "SCMP_ACT_ALLOW".into(),
+        Args: vec![eq0],
+        ..Default::default()
+    };
+    // The syscalls busybox sh, linux32/64 and true need.
+    let allow_rest = oci::LinuxSyscall {
+        Names: [
+            "read",
+            "write",
+            "openat",
+            "open",
+            "close",
+            "fstat",
+            "newfstatat",
+            "stat",
+            "lstat",
+            "mmap",
+            "munmap",
+            "mprotect",
+            "brk",
+            "rt_sigaction",
+            "rt_sigprocmask",
+            "rt_sigreturn",
+            "ioctl",
+            "access",
+            "execve",
+            "exit",
+            "exit_group",
+            "wait4",
+            "clone",
+            "clone3",
+            "fork",
+            "vfork",
+            "getpid",
+            "getppid",
+            "getuid",
+            "geteuid",
+            "getgid",
+            "getegid",
+            "fcntl",
+            "dup2",
+            "dup3",
+            "pipe",
+            "pipe2",
+            "arch_prctl",
+            "set_tid_address",
+            "set_robust_list",
+            "prlimit64",
+            "getrandom",
+            "uname",
+            "getcwd",
+            "chdir",
+            "lseek",
+            "readlink",
+            "sigaltstack",
+            "futex",
+            "getpgrp",
+            "setpgid",
+            "getpgid",
+            "rseq",
+            "statx",
+            "faccessat",
+            "faccessat2",
+            "poll",
+            "ppoll",
+            "pread64",
+            "writev",
+            "readv",
+            "kill",
+            "tgkill",
+            "gettid",
+            "sysinfo",
+            "getdents64",
+            "umask",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+        Action: "SCMP_ACT_ALLOW".into(),
+        ..Default::default()
+    };
+    s.Linux.as_mut().unwrap().Seccomp = Some(oci::LinuxSeccomp {
+        DefaultAction: "SCMP_ACT_ERRNO".into(),
+        Syscalls: vec![allow_p, allow_rest],
+        ..Default::default()
+    })
+    .into();
+    s.Process.as_mut().unwrap().NoNewPrivileges = true;
+    let (out, err, _) = run_output(&rt, "args2", s).await;
+    assert_eq!(out, "linux64-ok\nlinux32-denied\n", "{err}");
+}
