@@ -112,3 +112,21 @@ async fn sandbox_dns_storages_and_hostile_storage_paths() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(d.join("bound").to_str().unwrap()), "bind storage still mounted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_but_never_started_container_is_removed_cleanly() {
+    if !prerequisites() {
+        return;
+    }
+    let rt = Rt::start().await;
+    rt.create_sandbox("sb", false).await;
+    rt.create("idle", spec(&rt.rootfs("idle"), &["sh", "-c", "echo must-not-run"])).await.unwrap();
+    let dup = rt.create("idle", spec(&rt.rootfs("idle2"), &["true"])).await.unwrap_err();
+    assert!(format!("{dup:?}").contains("ALREADY_EXISTS"), "{dup:?}");
+    let cg = rt.cgroup_dir("sb", "idle", "pids");
+    assert!(cg.exists());
+    rt.remove("idle").await.unwrap();
+    assert!(!cg.exists(), "cgroup left behind");
+    let again = rt.start_c("idle").await.unwrap_err();
+    assert!(format!("{again:?}").contains("NOT_FOUND"), "{again:?}");
+}
