@@ -130,3 +130,36 @@ async fn a_created_but_never_started_container_is_removed_cleanly() {
     let again = rt.start_c("idle").await.unwrap_err();
     assert!(format!("{again:?}").contains("NOT_FOUND"), "{again:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_share_the_sandbox_pid_namespace_when_asked() {
+    use protos::agent::CreateContainerRequest;
+    if !prerequisites() {
+        return;
+    }
+    let rt = Rt::start().await;
+    rt.create_sandbox("sb", true).await;
+    let shared = |id: &str, args: &[&str]| CreateContainerRequest {
+        container_id: id.into(),
+        exec_id: id.into(),
+        sandbox_pidns: true,
+        OCI: Some(spec(&rt.rootfs(id), args)).into(),
+        ..Default::default()
+    };
+    rt.client.create_container(harness::ctx(), &shared("a", &["sleep", "4242"])).await.unwrap();
+    rt.start_c("a").await.unwrap();
+    // PID 1 of the pod is the agent's namespace holder; `a` is visible from `b`.
+    let script = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done";
+    rt.client.create_container(harness::ctx(), &shared("b", &["sh", "-c", script])).await.unwrap();
+    rt.start_c("b").await.unwrap();
+    let out = rt.read_all("b", "", false).await;
+    assert!(out.lines().any(|l| l.trim() == "sleep 4242"), "b sees a: {out:?}");
+    assert_eq!(rt.wait("b", "").await, 0);
+    // A container without sandbox_pidns gets its own namespace.
+    rt.run("c", spec(&rt.rootfs("c"), &["sh", "-c", script])).await;
+    let out = rt.read_all("c", "", false).await;
+    assert!(!out.contains("sleep 4242"), "c must not see a: {out:?}");
+    for id in ["a", "b", "c"] {
+        rt.remove(id).await.unwrap();
+    }
+}
