@@ -23,6 +23,32 @@ async fn echo_output_exit_codes_and_sigkill() {
     rt.signal("c2", "", libc::SIGKILL).await.unwrap();
     assert_eq!(rt.wait("c2", "").await, 137);
     rt.remove("c2").await.unwrap();
+
+    // SIGTERM to a PID 1 without a handler would be ignored: kata sends SIGKILL.
+    rt.run("c3", spec(&rt.rootfs("c3"), &["sleep", "1000"])).await;
+    rt.signal("c3", "", libc::SIGTERM).await.unwrap();
+    assert_eq!(rt.wait("c3", "").await, 137);
+    // With a handler, SIGTERM is delivered as is.
+    rt.run("c4", spec(&rt.rootfs("c4"), &["sh", "-c", "trap 'exit 7' TERM; while true; do sleep 0.1; done"])).await;
+    // Wait until the shell has installed its trap (SigCgt bit of SIGTERM).
+    let procs = rt.cgroup_dir("sb", "c4", "pids").join("cgroup.procs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let pid = std::fs::read_to_string(&procs).unwrap().lines().next().unwrap_or("0").to_string();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught =
+            status.lines().find_map(|l| l.strip_prefix("SigCgt:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok());
+        if caught.is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "trap never installed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    rt.signal("c4", "", libc::SIGTERM).await.unwrap();
+    assert_eq!(rt.wait("c4", "").await, 7);
+    for id in ["c3", "c4"] {
+        rt.remove(id).await.unwrap();
+    }
     assert!(!rt.cgroup_dir("sb", "c2", "memory").exists(), "cgroup left behind");
 }
 
