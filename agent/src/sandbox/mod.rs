@@ -182,11 +182,20 @@ impl Sandbox {
     async fn teardown(&self) {
         let all: Vec<Arc<Container>> =
             self.containers.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        // All containers at once: one slow container must not hold up the rest.
+        let mut removals = tokio::task::JoinSet::new();
         for c in all {
-            if let Err(e) = c.remove(Some(Duration::from_secs(10))).await {
-                tracing::warn!(container = %c.id, error = %e, "container did not go away cleanly");
+            removals.spawn(async move {
+                if let Err(e) = c.remove(Some(Duration::from_secs(10))).await {
+                    tracing::warn!(container = %c.id, error = %e, "container did not go away cleanly");
+                }
+                c.id.clone()
+            });
+        }
+        while let Some(done) = removals.join_next().await {
+            if let Ok(id) = done {
+                self.containers.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
             }
-            self.containers.write().unwrap_or_else(|p| p.into_inner()).remove(&c.id);
         }
         let (pause, storages) = {
             let mut st = lock(&self.state);
