@@ -13,8 +13,10 @@ async fn echo_output_exit_codes_and_sigkill() {
     let rt = Rt::start().await;
     rt.create_sandbox("sb", false).await;
     let root = rt.rootfs("c1");
-    rt.run("c1", spec(&root, &["sh", "-c", "echo hello from $(hostname); exit 3"])).await;
-    assert_eq!(rt.read_all("c1", "", false).await, "hello from pod-host\n");
+    rt.run("c1", spec(&root, &["sh", "-c", "echo hello from $(hostname); ls /proc/self/fd | tr '\\n' ' '; exit 3"]))
+        .await;
+    // Only stdio reaches the process (3 is `ls`'s own directory fd).
+    assert_eq!(rt.read_all("c1", "", false).await, "hello from pod-host\n0 1 2 3 ");
     assert_eq!(rt.wait("c1", "").await, 3);
     rt.remove("c1").await.unwrap();
 
