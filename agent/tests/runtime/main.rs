@@ -71,8 +71,10 @@ async fn destroy_sandbox_removes_everything_and_stops_the_agent() {
         .destroy_sandbox(harness::ctx(), &protos::agent::DestroySandboxRequest::new())
         .await
         .expect("DestroySandbox");
+    let pause = rt.cgroup_dir("sb", ".pause", "pids");
     let status = rt.agent.wait_exit(std::time::Duration::from_secs(20));
     assert!(status.success(), "agent exit after DestroySandbox: {status}");
+    assert!(!pause.exists(), "namespace holder's cgroup left behind");
     assert!(!cg.exists(), "container cgroup left behind");
     assert!(!std::path::Path::new(&format!("/proc/{}", pids[0])).exists(), "container process left behind");
 }
