@@ -8,10 +8,10 @@ STATIC_FLAGS := -C target-feature=+crt-static
 RELEASE_DIR  := target/$(TARGET)/release
 
 # Real peers the integration tests drive (Debian packages).
-TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates
+TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates runc crun
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build release test lint fmt demo clean check-tools deps bench bench-pull bench-encrypted bench-aa
+.PHONY: all build release test lint fmt demo clean check-tools deps bench bench-pull bench-encrypted bench-aa bench-runtime
 
 all: build
 
@@ -56,7 +56,7 @@ demo: check-tools
 	./agent/demo.sh target/debug
 
 # Benchmarks against real peers; results go to docs/BENCHMARKS.md.
-bench: bench-pull bench-encrypted bench-aa
+bench: bench-pull bench-encrypted bench-aa bench-runtime
 
 # Image pull vs curl|gzip|tar, skopeo+umoci and ctr (root, about 10 min).
 bench-pull:
@@ -69,6 +69,10 @@ bench-encrypted:
 # Key release latency: attestation-agent against the test KBS on loopback.
 bench-aa:
 	sh tests/bench/bench-aa.sh
+
+# Container create+start+wait through the agent vs crun and runc (root, about 2 min).
+bench-runtime: deps
+	bash tests/bench/runtime.sh
 
 clean:
 	$(CARGO) clean

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 use cvm_agent::config::{AgentConfig, KernelParams, LogFormat, LogLevel, Overrides, SERVER_ADDR_ENV};
 
@@ -22,6 +23,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Re-executed as a container init by the runtime (see `jail`).
+    if cvm_agent::jail::is_init_invocation() {
+        return cvm_agent::jail::main();
+    }
     let args = Args::parse();
     let kernel = KernelParams::from_proc();
     let flags = Overrides { server_addr: args.server_addr, log_level: args.log_level, log_format: args.log_format };
@@ -48,9 +53,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // DestroySandbox requests it; after the server stops, `is_requested()`
+    // tells a requested shutdown from a signal.
+    let shutdown = cvm_agent::shutdown::Shutdown::new();
     let result = runtime.block_on(async {
         let stop = cvm_agent::server::termination_signal()?;
-        cvm_agent::server::serve_until(&config, stop).await
+        let reaper = cvm_agent::reaper::Reaper::start().context("cannot start the child reaper")?;
+        cvm_agent::server::serve_until(&config, shutdown.clone(), reaper, stop).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
