@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod ctl;
+pub mod init;
 pub mod logging;
 pub mod rpc;
 pub mod server;
