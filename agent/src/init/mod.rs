@@ -1,4 +1,5 @@
-//! PID 1 duties of the agent inside the confidential VM: the boot mounts, the
+//! PID 1 duties of the agent inside the confidential VM: leaving the
+//! initramfs for a tmpfs (so containers can pivot_root), the boot mounts, the
 //! kernel modules the image ships, the loopback interface, the console, and
 //! the only two ways PID 1 ever ends: sync + power off.
 //!
@@ -10,6 +11,7 @@ pub mod modules;
 pub mod mounts;
 pub mod net;
 pub mod power;
+pub mod switch_root;
 
 use std::time::Instant;
 
@@ -29,6 +31,11 @@ pub fn is_pid1() -> bool {
 /// filesystems and a console on fds 0-2. Errors here are written straight to
 /// the console (logging is not set up yet) and are fatal.
 pub fn early_boot() {
+    if switch_root::on_initramfs() {
+        // Returns only on failure; on success this process image is replaced.
+        let err = switch_root::leave_initramfs();
+        power::fatal_before_logging(&format!("cannot move off the initramfs onto a tmpfs: {err}"));
+    }
     if let Err(err) = mounts::mount_pseudo_filesystems() {
         power::fatal_before_logging(&format!("boot mounts failed: {err}"));
     }

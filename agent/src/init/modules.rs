@@ -6,7 +6,8 @@
 //! decompressed to plain `.ko`) and `modules.load` (the modules to load, one
 //! name a line). Here we resolve each wanted module's dependencies depth-first
 //! (dependencies first, each module once) and hand every file to
-//! `finit_module(2)`. A module the kernel already has is fine.
+//! `finit_module(2)`. A module the kernel already has, or one whose device is
+//! absent (ENODEV), is fine.
 //!
 //! Never loads a file outside the modules directory, and never loops: paths
 //! with `..` or absolute paths, unknown names and dependency cycles are errors.
@@ -164,7 +165,9 @@ pub fn load_from_image(root: &Path) -> Result<usize, ModuleError> {
     Ok(inserted)
 }
 
-/// `finit_module(2)`; `Ok(false)` when the kernel already has the module.
+/// `finit_module(2)`; `Ok(false)` when the kernel already has the module, or
+/// when the module refuses to load because its hardware is absent (ENODEV:
+/// e.g. `sev-guest` in a VM that is not SEV-SNP).
 fn insert(path: &Path) -> Result<bool, ModuleError> {
     let file = std::fs::File::open(path).map_err(|source| ModuleError::Load { path: path.to_owned(), source })?;
     let params = c"";
@@ -175,8 +178,13 @@ fn insert(path: &Path) -> Result<bool, ModuleError> {
         return Ok(true);
     }
     let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EEXIST) {
-        return Ok(false);
+    match err.raw_os_error() {
+        Some(libc::EEXIST) => return Ok(false),
+        Some(libc::ENODEV) => {
+            tracing::info!(module = %path.display(), "init: module has no device in this VM, skipped");
+            return Ok(false);
+        }
+        _ => {}
     }
     Err(ModuleError::Load { path: path.to_owned(), source: err })
 }
