@@ -15,7 +15,7 @@ ROOTFS_DIR   := target/rootfs
 VM           := $(CARGO) run -q -p vm-harness --bin cvm-vm --
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build release test lint fmt demo demo-local clean check-tools deps bench bench-pull rootfs vm vhost-device-vsock
+.PHONY: all build release test lint fmt demo demo-local clean check-tools deps bench bench-pull bench-boot rootfs vm vhost-device-vsock
 
 all: build
 
@@ -83,11 +83,15 @@ demo-local: check-tools
 	./agent/demo.sh target/debug
 
 # Benchmarks against real peers; results go to docs/BENCHMARKS.md.
-bench: bench-pull
+bench: bench-pull bench-boot
 
 # Image pull vs curl|gzip|tar, skopeo+umoci and ctr (root, about 10 min).
 bench-pull:
 	bash tests/bench/pull.sh
+
+# Boot time under QEMU: uncompressed kernel vs Debian's vmlinuz (~2 min TCG).
+bench-boot: deps rootfs
+	bash tests/bench/boot.sh
 
 clean:
 	$(CARGO) clean

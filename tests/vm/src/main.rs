@@ -14,6 +14,12 @@ struct Args {
     /// Directory with `vmlinux` and `initramfs` (default: target/rootfs, or CVM_IMAGE_DIR).
     #[arg(long, value_name = "DIR")]
     image_dir: Option<PathBuf>,
+    /// Kernel to boot instead of DIR/vmlinux (e.g. /boot/vmlinuz-* to compare).
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// Initramfs to boot instead of DIR/initramfs.
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
     /// Start an Intel TDX guest (needs a TDX host, KVM, a QEMU with tdx-guest and TDVF).
     #[arg(long, conflicts_with = "snp")]
     tdx: bool,
@@ -59,6 +65,12 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let dir = args.image_dir.clone().unwrap_or_else(default_image_dir);
     let mut spec = VmSpec::from_image_dir(&dir);
+    if let Some(k) = &args.kernel {
+        spec.kernel = k.clone();
+    }
+    if let Some(i) = &args.initrd {
+        spec.initrd = i.clone();
+    }
     let (accel, why) = match args.accel.as_deref() {
         Some("kvm") => (Accel::Kvm, "--accel kvm".to_owned()),
         Some("tcg") => (Accel::Tcg, "--accel tcg".to_owned()),
