@@ -53,6 +53,7 @@ pub fn late_boot(params: &InitParams) -> Result<(), InitError> {
     let loaded = modules::load_from_image(std::path::Path::new(modules::MODULES_DIR))?;
     net::bring_up_loopback()?;
     tracing::info!(
+        kernel_uptime_s = kernel_uptime().as_deref().unwrap_or("?"),
         modules = loaded,
         cgroup = if params.cgroup_v1 { "v1" } else { "v2" },
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -62,6 +63,11 @@ pub fn late_boot(params: &InitParams) -> Result<(), InitError> {
         tracing::warn!("agent.debug_console requested: this image ships no shell and no debug console; ignored");
     }
     Ok(())
+}
+
+/// Seconds since the kernel started (first field of /proc/uptime), for boot timing.
+fn kernel_uptime() -> Option<String> {
+    std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next().map(str::to_owned)
 }
 
 #[derive(Debug, thiserror::Error)]
