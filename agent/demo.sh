@@ -21,7 +21,7 @@ ctl() { echo "\$ cvm-agent-ctl $*"; "$bin/cvm-agent-ctl" --addr "unix://$sock" "
 ctl check
 ctl version
 ctl call CreateContainer '{"container_id":"demo","OCI":{"Version":"1.0.2","Process":{"Args":["/bin/true"]}}}' \
-  && { echo "unexpected success"; exit 1; } || echo "(exit $? as expected: not implemented yet)"
+  && { echo "unexpected success"; exit 1; } || echo "(exit $? as expected: the spec names no rootfs)"
 
 kill -TERM "$agent_pid"; wait "$agent_pid"; agent_pid=
 echo "--- agent log (JSON lines) ---"

@@ -6,10 +6,22 @@
 //! request comes from the untrusted host: handlers must never panic and never
 //! block another container's requests.
 
+pub mod capabilities;
+pub mod cgroups;
 pub mod config;
+pub mod container;
 pub mod ctl;
+pub mod guest_details;
 pub mod init;
+pub mod jail;
 pub mod logging;
+pub mod mount;
+pub mod namespaces;
+pub mod process;
+pub mod reaper;
 pub mod rpc;
+pub mod sandbox;
+pub mod seccomp;
 pub mod server;
+pub mod shutdown;
 pub mod transport;

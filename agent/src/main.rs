@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 use cvm_agent::config::{AgentConfig, FileConfig, KernelParams, LogFormat, LogLevel, Overrides, SERVER_ADDR_ENV};
 use cvm_agent::init;
@@ -25,6 +26,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Re-executed as a container init by the runtime (see `jail`). Checked
+    // first: in its own pid namespace that process is PID 1 too.
+    if cvm_agent::jail::is_init_invocation() {
+        return cvm_agent::jail::main();
+    }
     let pid1 = init::is_pid1();
     if !pid1 {
         return run(Args::parse(), false);
@@ -83,7 +89,10 @@ fn run(args: Args, pid1: bool) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let stop = cvm_agent::server::termination_signal()?;
-        cvm_agent::server::serve_until(&config, stop).await
+        // As PID 1 this also reaps every orphan re-parented to the VM's init.
+        let reaper = cvm_agent::reaper::Reaper::start().context("cannot start the child reaper")?;
+        let shutdown = cvm_agent::shutdown::Shutdown::new();
+        cvm_agent::server::serve_until(&config, shutdown, reaper, stop).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,16 +8,29 @@ use tokio::signal::unix::{signal, SignalKind};
 use ttrpc::r#async::Server;
 
 use crate::config::AgentConfig;
+use crate::reaper::Reaper;
+use crate::shutdown::Shutdown;
 
-/// Serves every agent service on `config.server_addr` until `stop` resolves.
-pub async fn serve_until(config: &AgentConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Serves every agent service on `config.server_addr` until `stop` resolves
+/// or `shutdown` is requested (DestroySandbox). The caller checks
+/// `shutdown.is_requested()` afterwards to tell the two apart.
+pub async fn serve_until(
+    config: &AgentConfig,
+    shutdown: Shutdown,
+    reaper: Reaper,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let addr = &config.server_addr;
     let listener = addr.listen().with_context(|| format!("cannot listen on {addr}"))?;
-    let mut server = Server::new().add_listener(listener).register_service(crate::rpc::services());
+    let services = crate::rpc::services(shutdown.clone(), reaper);
+    let mut server = Server::new().add_listener(listener).register_service(services);
     server.start().await.with_context(|| format!("cannot start ttrpc server on {addr}"))?;
     tracing::info!(%addr, version = crate::rpc::AGENT_VERSION, "agent ready");
 
-    stop.await;
+    tokio::select! {
+        _ = stop => {}
+        _ = shutdown.wait() => tracing::info!("shutdown requested by DestroySandbox"),
+    }
 
     tracing::info!("shutting down");
     if let Err(err) = server.shutdown().await {

@@ -87,7 +87,11 @@ fn check_version_and_unimplemented_through_hybrid_vsock() {
 
     let out = ctl(&["--addr", &addr, "--hybrid-vsock", "1024", "call", "StartContainer", r#"{"container_id":"c1"}"#]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("UNIMPLEMENTED") && stderr(&out).contains("StartContainer"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("NOT_FOUND") && stderr(&out).contains(r#"container "c1" not found"#),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -1,29 +1,340 @@
-//! `grpc.AgentService`. The container runtime, storage, networking and policy
-//! issues fill these in; until then every method answers UNIMPLEMENTED with
-//! its name (kata's generated default would say NOT_FOUND, which a shim reads
-//! as "no such container").
+//! `grpc.AgentService`: a thin table of handlers. Each decodes the request,
+//! calls the sandbox/container domain code and encodes the answer; errors map
+//! to ttrpc codes (NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT, ...). RPCs that
+//! later issues fill in answer UNIMPLEMENTED with their name (kata's generated
+//! default would say NOT_FOUND, which a shim reads as "no such container").
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use protos::agent::*;
 use protos::agent_ttrpc::AgentService;
+use protos::empty::Empty;
 use ttrpc::r#async::TtrpcContext;
 
 use super::unimplemented;
+use crate::container::RuntimeError;
+use crate::process::StdStream;
+use crate::sandbox::Sandbox;
 
-/// Per-sandbox agent state lives behind this handle (per-container locks, no
-/// global mutex); empty until the runtime issue lands.
-#[derive(Debug, Default)]
-pub struct AgentRpc {}
-
-// The whole impl is generated so `#[async_trait]` sees every method.
-macro_rules! not_implemented_yet {
-    ($($name:ident $snake:ident $req:path => $resp:path;)*) => {
-        #[async_trait]
-        impl AgentService for AgentRpc {$(
-            async fn $snake(&self, _ctx: &TtrpcContext, _req: $req) -> ttrpc::Result<$resp> {
-                Err(unimplemented(protos::AGENT_SERVICE, stringify!($name)))
-            }
-        )*}
-    };
+/// The agent service over the sandbox runtime.
+pub struct AgentRpc {
+    sandbox: Arc<Sandbox>,
 }
 
-protos::with_agent_rpcs!(not_implemented_yet);
+impl AgentRpc {
+    pub fn new(sandbox: Arc<Sandbox>) -> AgentRpc {
+        AgentRpc { sandbox }
+    }
+}
+
+fn status(err: RuntimeError) -> ttrpc::Error {
+    let code = match &err {
+        RuntimeError::NotFound(_) => ttrpc::Code::NOT_FOUND,
+        RuntimeError::AlreadyExists(_) => ttrpc::Code::ALREADY_EXISTS,
+        RuntimeError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
+        RuntimeError::FailedPrecondition(_) => ttrpc::Code::FAILED_PRECONDITION,
+        RuntimeError::DeadlineExceeded(_) => ttrpc::Code::DEADLINE_EXCEEDED,
+        RuntimeError::Internal(_) => ttrpc::Code::INTERNAL,
+    };
+    tracing::warn!(error = %err, ?code, "request failed");
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, err.to_string()))
+}
+
+fn io_status(what: &str, err: std::io::Error) -> ttrpc::Error {
+    status(RuntimeError::Internal(format!("{what}: {err}")))
+}
+
+/// Runs a blocking domain call on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static) -> ttrpc::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| status(RuntimeError::Internal(format!("task: {e}"))))?
+        .map_err(status)
+}
+
+impl AgentRpc {
+    async fn read(&self, req: ReadStreamRequest, which: StdStream) -> ttrpc::Result<ReadStreamResponse> {
+        let c = self.sandbox.container(&req.container_id).map_err(status)?;
+        let p = c.process(&req.exec_id).map_err(status)?;
+        let data = p.read(which, req.len as usize).await.map_err(|e| io_status("read stream", e))?;
+        Ok(ReadStreamResponse { data, ..Default::default() })
+    }
+}
+
+#[async_trait]
+impl AgentService for AgentRpc {
+    async fn create_sandbox(&self, _ctx: &TtrpcContext, req: CreateSandboxRequest) -> ttrpc::Result<Empty> {
+        self.sandbox.create(&req).await.map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn destroy_sandbox(&self, _ctx: &TtrpcContext, _req: DestroySandboxRequest) -> ttrpc::Result<Empty> {
+        self.sandbox.destroy().await.map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn create_container(&self, _ctx: &TtrpcContext, req: CreateContainerRequest) -> ttrpc::Result<Empty> {
+        self.sandbox.create_container(req).await.map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn start_container(&self, _ctx: &TtrpcContext, req: StartContainerRequest) -> ttrpc::Result<Empty> {
+        let c = self.sandbox.container(&req.container_id).map_err(status)?;
+        c.start().await.map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn remove_container(&self, _ctx: &TtrpcContext, req: RemoveContainerRequest) -> ttrpc::Result<Empty> {
+        let timeout = (req.timeout != 0).then(|| Duration::from_secs(req.timeout.into()));
+        self.sandbox.remove_container(&req.container_id, timeout).await.map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn exec_process(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        let c = self.sandbox.container(&req.container_id).map_err(status)?;
+        let process = req
+            .process
+            .into_option()
+            .ok_or_else(|| status(RuntimeError::InvalidArgument("ExecProcess without a process".into())))?;
+        c.exec(self.sandbox.reaper(), &req.exec_id, process).await.map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn signal_process(&self, _ctx: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
+        let c = self.sandbox.container(&req.container_id).map_err(status)?;
+        c.signal(&req.exec_id, req.signal as i32).map_err(status)?;
+        Ok(Empty::new())
+    }
+
+    async fn wait_process(&self, _ctx: &TtrpcContext, req: WaitProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
+        let c = self.sandbox.container(&req.container_id).map_err(status)?;
+        let code = c.wait(&req.exec_id).await.map_err(status)?;
+        Ok(WaitProcessResponse { status: code, ..Default::default() })
+    }
+
+    async fn update_container(&self, _ctx: &TtrpcContext, req: UpdateContainerRequest) -> ttrpc::Result<Empty> {
+        let c = self.sandbox.container(&req.container_id).map_err(status)?;
+        if let Some(res) = req.resources.as_ref() {
+            c.update(res).map_err(status)?;
+        }
+        Ok(Empty::new())
+    }
+
+    async fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StatsContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
+        let c = self.sandbox.container(&req.container_id).map_err(status)?;
+        // File reads of a busy cgroup can be slow; keep them off the reactor.
+        let stats = tokio::task::spawn_blocking(move || c.stats())
+            .await
+            .map_err(|e| io_status("stats", std::io::Error::other(e)))?;
+        Ok(StatsContainerResponse { cgroup_stats: Some(stats).into(), ..Default::default() })
+    }
+
+    async fn pause_container(&self, _ctx: &TtrpcContext, req: PauseContainerRequest) -> ttrpc::Result<Empty> {
+        let c = self.sandbox.container(&req.container_id).map_err(status)?;
+        // Freezing polls the kernel until every task stopped: off the reactor.
+        blocking(move || c.pause()).await?;
+        Ok(Empty::new())
+    }
+
+    async fn resume_container(&self, _ctx: &TtrpcContext, req: ResumeContainerRequest) -> ttrpc::Result<Empty> {
+        let c = self.sandbox.container(&req.container_id).map_err(status)?;
+        blocking(move || c.resume()).await?;
+        Ok(Empty::new())
+    }
+
+    async fn write_stdin(&self, _ctx: &TtrpcContext, req: WriteStreamRequest) -> ttrpc::Result<WriteStreamResponse> {
+        let c = self.sandbox.container(&req.container_id).map_err(status)?;
+        let p = c.process(&req.exec_id).map_err(status)?;
+        let len = p.write_stdin(&req.data).await.map_err(|e| io_status("write stdin", e))?;
+        Ok(WriteStreamResponse { len: len as u32, ..Default::default() })
+    }
+
+    async fn read_stdout(&self, _ctx: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+        self.read(req, StdStream::Stdout).await
+    }
+
+    async fn read_stderr(&self, _ctx: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
+        self.read(req, StdStream::Stderr).await
+    }
+
+    async fn close_stdin(&self, _ctx: &TtrpcContext, req: CloseStdinRequest) -> ttrpc::Result<Empty> {
+        let c = self.sandbox.container(&req.container_id).map_err(status)?;
+        c.process(&req.exec_id).map_err(status)?.close_stdin().await;
+        Ok(Empty::new())
+    }
+
+    async fn tty_win_resize(&self, _ctx: &TtrpcContext, req: TtyWinResizeRequest) -> ttrpc::Result<Empty> {
+        let c = self.sandbox.container(&req.container_id).map_err(status)?;
+        let p = c.process(&req.exec_id).map_err(status)?;
+        let (rows, cols) = (req.row.min(u16::MAX.into()) as u16, req.column.min(u16::MAX.into()) as u16);
+        p.resize_tty(rows, cols).map_err(|e| status(RuntimeError::InvalidArgument(format!("resize tty: {e}"))))?;
+        Ok(Empty::new())
+    }
+
+    async fn get_oom_event(&self, _ctx: &TtrpcContext, _req: GetOOMEventRequest) -> ttrpc::Result<OOMEvent> {
+        let id = self.sandbox.next_oom_event().await.map_err(status)?;
+        Ok(OOMEvent { container_id: id, ..Default::default() })
+    }
+
+    async fn get_guest_details(
+        &self,
+        _ctx: &TtrpcContext,
+        req: GuestDetailsRequest,
+    ) -> ttrpc::Result<GuestDetailsResponse> {
+        Ok(crate::guest_details::collect(&req))
+    }
+
+    async fn update_ephemeral_mounts(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::UpdateEphemeralMountsRequest,
+    ) -> ttrpc::Result<protos::empty::Empty> {
+        Err(unimplemented(protos::AGENT_SERVICE, "UpdateEphemeralMounts"))
+    }
+    async fn remove_stale_virtiofs_share_mounts(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::RemoveStaleVirtiofsShareMountsRequest,
+    ) -> ttrpc::Result<protos::empty::Empty> {
+        Err(unimplemented(protos::AGENT_SERVICE, "RemoveStaleVirtiofsShareMounts"))
+    }
+    async fn update_interface(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::UpdateInterfaceRequest,
+    ) -> ttrpc::Result<protos::types::Interface> {
+        Err(unimplemented(protos::AGENT_SERVICE, "UpdateInterface"))
+    }
+    async fn update_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::UpdateRoutesRequest,
+    ) -> ttrpc::Result<protos::agent::Routes> {
+        Err(unimplemented(protos::AGENT_SERVICE, "UpdateRoutes"))
+    }
+    async fn list_interfaces(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::ListInterfacesRequest,
+    ) -> ttrpc::Result<protos::agent::Interfaces> {
+        Err(unimplemented(protos::AGENT_SERVICE, "ListInterfaces"))
+    }
+    async fn list_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::ListRoutesRequest,
+    ) -> ttrpc::Result<protos::agent::Routes> {
+        Err(unimplemented(protos::AGENT_SERVICE, "ListRoutes"))
+    }
+    async fn add_arp_neighbors(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::AddARPNeighborsRequest,
+    ) -> ttrpc::Result<protos::empty::Empty> {
+        Err(unimplemented(protos::AGENT_SERVICE, "AddARPNeighbors"))
+    }
+    async fn get_ip_tables(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::GetIPTablesRequest,
+    ) -> ttrpc::Result<protos::agent::GetIPTablesResponse> {
+        Err(unimplemented(protos::AGENT_SERVICE, "GetIPTables"))
+    }
+    async fn set_ip_tables(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::SetIPTablesRequest,
+    ) -> ttrpc::Result<protos::agent::SetIPTablesResponse> {
+        Err(unimplemented(protos::AGENT_SERVICE, "SetIPTables"))
+    }
+    async fn get_metrics(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::GetMetricsRequest,
+    ) -> ttrpc::Result<protos::agent::Metrics> {
+        Err(unimplemented(protos::AGENT_SERVICE, "GetMetrics"))
+    }
+    async fn mem_agent_memcg_set(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::MemAgentMemcgConfig,
+    ) -> ttrpc::Result<protos::empty::Empty> {
+        Err(unimplemented(protos::AGENT_SERVICE, "MemAgentMemcgSet"))
+    }
+    async fn mem_agent_compact_set(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::MemAgentCompactConfig,
+    ) -> ttrpc::Result<protos::empty::Empty> {
+        Err(unimplemented(protos::AGENT_SERVICE, "MemAgentCompactSet"))
+    }
+    async fn online_cpu_mem(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::OnlineCPUMemRequest,
+    ) -> ttrpc::Result<protos::empty::Empty> {
+        Err(unimplemented(protos::AGENT_SERVICE, "OnlineCPUMem"))
+    }
+    async fn reseed_random_dev(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::ReseedRandomDevRequest,
+    ) -> ttrpc::Result<protos::empty::Empty> {
+        Err(unimplemented(protos::AGENT_SERVICE, "ReseedRandomDev"))
+    }
+    async fn mem_hotplug_by_probe(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::MemHotplugByProbeRequest,
+    ) -> ttrpc::Result<protos::empty::Empty> {
+        Err(unimplemented(protos::AGENT_SERVICE, "MemHotplugByProbe"))
+    }
+    async fn set_guest_date_time(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::SetGuestDateTimeRequest,
+    ) -> ttrpc::Result<protos::empty::Empty> {
+        Err(unimplemented(protos::AGENT_SERVICE, "SetGuestDateTime"))
+    }
+    async fn copy_file(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::CopyFileRequest,
+    ) -> ttrpc::Result<protos::empty::Empty> {
+        Err(unimplemented(protos::AGENT_SERVICE, "CopyFile"))
+    }
+    async fn add_swap(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::AddSwapRequest,
+    ) -> ttrpc::Result<protos::empty::Empty> {
+        Err(unimplemented(protos::AGENT_SERVICE, "AddSwap"))
+    }
+    async fn get_volume_stats(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::VolumeStatsRequest,
+    ) -> ttrpc::Result<protos::csi::VolumeStatsResponse> {
+        Err(unimplemented(protos::AGENT_SERVICE, "GetVolumeStats"))
+    }
+    async fn resize_volume(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::ResizeVolumeRequest,
+    ) -> ttrpc::Result<protos::empty::Empty> {
+        Err(unimplemented(protos::AGENT_SERVICE, "ResizeVolume"))
+    }
+    async fn set_policy(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::SetPolicyRequest,
+    ) -> ttrpc::Result<protos::empty::Empty> {
+        Err(unimplemented(protos::AGENT_SERVICE, "SetPolicy"))
+    }
+}

@@ -11,11 +11,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use agent::AgentRpc;
+
+use crate::reaper::Reaper;
+use crate::sandbox::{RuntimeConfig, Sandbox};
+use crate::shutdown::Shutdown;
 pub use health::{HealthService, AGENT_VERSION, API_VERSION};
 
-/// Every service the agent serves, keyed as ttrpc expects.
-pub fn services() -> HashMap<String, ttrpc::r#async::Service> {
-    let agent: Arc<dyn protos::agent_ttrpc::AgentService + Send + Sync> = Arc::new(AgentRpc::default());
+/// Every service the agent serves, keyed as ttrpc expects. DestroySandbox
+/// requests `shutdown`; every child process goes through `reaper`.
+pub fn services(shutdown: Shutdown, reaper: Reaper) -> HashMap<String, ttrpc::r#async::Service> {
+    let sandbox = Arc::new(Sandbox::new(reaper, shutdown, RuntimeConfig::from_env()));
+    let agent: Arc<dyn protos::agent_ttrpc::AgentService + Send + Sync> = Arc::new(AgentRpc::new(sandbox));
     let health: Arc<dyn protos::health_ttrpc::Health + Send + Sync> = Arc::new(HealthService);
     let mut all = protos::agent_ttrpc::create_agent_service(agent);
     all.extend(protos::health_ttrpc::create_health(health));

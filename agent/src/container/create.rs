@@ -1,0 +1,223 @@
+//! CreateContainer: validates the spec, creates the cgroup and stdio, and
+//! starts the container init, which sets everything up and then waits for
+//! StartContainer.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{Container, Result, RuntimeError, Status};
+use crate::cgroups::ContainerCgroup;
+use crate::jail::protocol::{InitConfig, Mode, NsRequest};
+use crate::namespaces::NsKind;
+use crate::process::{spawn, stdio, Process};
+use crate::reaper::Reaper;
+
+/// Namespaces the sandbox shares with its containers.
+#[derive(Clone, Debug, Default)]
+pub struct SharedNamespaces {
+    pub uts: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    /// Set when the request asks for the sandbox PID namespace.
+    pub pid: Option<PathBuf>,
+}
+
+pub struct CreateParams {
+    pub id: String,
+    pub exec_id: String,
+    pub spec: protos::oci::Spec,
+    /// Cgroup path relative to each hierarchy root.
+    pub cgroup_path: String,
+    pub shared: SharedNamespaces,
+    /// Where OOM kills of this container are announced (GetOOMEvent).
+    pub oom_events: mpsc::UnboundedSender<String>,
+}
+
+/// How often the OOM-kill counter of a container is sampled.
+const OOM_POLL: Duration = Duration::from_millis(200);
+
+/// Builds the namespace list: the spec's, with the sandbox's shared ones
+/// filled in, and always a new mount namespace.
+pub fn plan_namespaces(spec: &protos::oci::Spec, shared: &SharedNamespaces) -> Result<Vec<NsRequest>> {
+    let mut out: Vec<NsRequest> = Vec::new();
+    for ns in spec.Linux.as_ref().map(|l| l.Namespaces.as_slice()).unwrap_or_default() {
+        let kind = NsKind::from_oci(&ns.Type)
+            .ok_or_else(|| RuntimeError::InvalidArgument(format!("unknown namespace type {:?}", ns.Type)))?;
+        if out.iter().any(|n| n.kind == kind) {
+            return Err(RuntimeError::InvalidArgument(format!("namespace {:?} listed twice", ns.Type)));
+        }
+        let mut path = (!ns.Path.is_empty()).then(|| PathBuf::from(&ns.Path));
+        if let Some(p) = &path {
+            if !p.is_absolute() {
+                return Err(RuntimeError::InvalidArgument(format!("namespace path {p:?} is not absolute")));
+            }
+        }
+        if path.is_none() {
+            path = match kind {
+                NsKind::Uts => shared.uts.clone(),
+                NsKind::Ipc => shared.ipc.clone(),
+                NsKind::Pid => shared.pid.clone(),
+                _ => None,
+            };
+        }
+        if kind == NsKind::Mount && path.is_some() {
+            return Err(RuntimeError::InvalidArgument("a container cannot join an existing mount namespace".into()));
+        }
+        out.push(NsRequest { kind, path });
+    }
+    if !out.iter().any(|n| n.kind == NsKind::Mount) {
+        out.push(NsRequest { kind: NsKind::Mount, path: None });
+    }
+    Ok(out)
+}
+
+fn rootfs_of(spec: &protos::oci::Spec) -> Result<PathBuf> {
+    let root = spec.Root.as_ref().map(|r| r.Path.as_str()).unwrap_or_default();
+    let path = Path::new(root);
+    if !path.is_absolute() {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "Root.Path {root:?} must be an absolute path prepared before CreateContainer"
+        )));
+    }
+    let real = path.canonicalize().map_err(|e| RuntimeError::InvalidArgument(format!("Root.Path {root}: {e}")))?;
+    if !real.is_dir() || real == Path::new("/") {
+        return Err(RuntimeError::InvalidArgument(format!("Root.Path {root} is not a usable rootfs directory")));
+    }
+    Ok(real)
+}
+
+impl Container {
+    pub async fn create(reaper: &Reaper, p: CreateParams) -> Result<Arc<Container>> {
+        let process = p
+            .spec
+            .Process
+            .as_ref()
+            .ok_or_else(|| RuntimeError::InvalidArgument("the OCI spec has no Process".into()))?;
+        if process.Args.is_empty() {
+            return Err(RuntimeError::InvalidArgument("Process.Args is empty".into()));
+        }
+        let rootfs = rootfs_of(&p.spec)?;
+        let namespaces = plan_namespaces(&p.spec, &p.shared)?;
+        let new_uts = namespaces.iter().any(|n| n.kind == NsKind::Uts && n.path.is_none());
+        let hostname = (new_uts && !p.spec.Hostname.is_empty()).then(|| p.spec.Hostname.clone());
+
+        let resources = p.spec.Linux.as_ref().and_then(|l| l.Resources.as_ref());
+        let cgroup =
+            ContainerCgroup::create(&p.cgroup_path, resources).map_err(|e| RuntimeError::Internal(e.to_string()))?;
+        let (agent_io, child_io) = if process.Terminal {
+            let (rows, cols) = process.ConsoleSize.as_ref().map_or((24, 80), |b| (b.Height as u16, b.Width as u16));
+            stdio::pty(rows, cols)
+        } else {
+            stdio::pipes()
+        }
+        .map_err(|e| RuntimeError::Internal(format!("stdio: {e}")))?;
+
+        let cfg = InitConfig {
+            mode: Mode::Create,
+            spec: p.spec.clone(),
+            rootfs,
+            namespaces,
+            cgroup_procs: cgroup.procs_files(),
+            hostname,
+        };
+        let r = reaper.clone();
+        let spawned = tokio::task::spawn_blocking(move || spawn::spawn_init(&r, &cfg, child_io))
+            .await
+            .map_err(|e| RuntimeError::Internal(format!("spawn task: {e}")))?;
+        let spawned = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                // The init is gone or going; give the cgroup back.
+                for _ in 0..50 {
+                    if cgroup.delete().is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                return Err(RuntimeError::Internal(format!("container {}: {e}", p.id)));
+            }
+        };
+        let init = Process::new(p.exec_id.clone(), spawned.pid, spawned.waiter, agent_io);
+        let oom_watch = spawn_oom_watch(p.id.clone(), &cgroup, p.oom_events);
+        tracing::info!(container = %p.id, pid = spawned.pid, cgroup = cgroup.path(), "container created");
+        Ok(Arc::new(Container {
+            id: p.id,
+            spec: p.spec,
+            cgroup,
+            ns_dir: PathBuf::from(format!("/proc/{}/ns", spawned.pid)),
+            init,
+            status: Mutex::new(Status::Created),
+            gate: Mutex::new(spawned.gate),
+            execs: Mutex::new(Default::default()),
+            oom_watch,
+        }))
+    }
+}
+
+/// Samples the cgroup's OOM-kill counter and announces each new kill.
+fn spawn_oom_watch(
+    id: String,
+    cgroup: &ContainerCgroup,
+    tx: mpsc::UnboundedSender<String>,
+) -> tokio::task::JoinHandle<()> {
+    let file = cgroup.memory_dir().map(|d| d.join(if cgroup.is_v2() { "memory.events" } else { "memory.oom_control" }));
+    tokio::spawn(async move {
+        let Some(file) = file else { return };
+        let read = |f: &Path| -> u64 {
+            std::fs::read_to_string(f)
+                .ok()
+                .and_then(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())))
+                .unwrap_or(0)
+        };
+        let mut seen = read(&file);
+        loop {
+            tokio::time::sleep(OOM_POLL).await;
+            let now = read(&file);
+            if now > seen {
+                seen = now;
+                tracing::info!(container = %id, "OOM kill in container");
+                if tx.send(id.clone()).is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protos::oci::{Linux, LinuxNamespace, Spec};
+
+    fn spec_with(ns: &[(&str, &str)]) -> Spec {
+        let mut linux = Linux::new();
+        linux.Namespaces = ns
+            .iter()
+            .map(|(t, p)| LinuxNamespace { Type: t.to_string(), Path: p.to_string(), ..Default::default() })
+            .collect();
+        Spec { Linux: Some(linux).into(), ..Default::default() }
+    }
+
+    #[test]
+    fn shared_sandbox_namespaces_fill_in_and_mount_is_always_new() {
+        let shared =
+            SharedNamespaces { uts: Some("/proc/7/ns/uts".into()), ipc: None, pid: Some("/proc/7/ns/pid".into()) };
+        let plan =
+            plan_namespaces(&spec_with(&[("uts", ""), ("pid", ""), ("network", "/run/netns/x")]), &shared).unwrap();
+        assert_eq!(plan[0], NsRequest { kind: NsKind::Uts, path: Some("/proc/7/ns/uts".into()) });
+        assert_eq!(plan[1], NsRequest { kind: NsKind::Pid, path: Some("/proc/7/ns/pid".into()) });
+        assert_eq!(plan[2], NsRequest { kind: NsKind::Network, path: Some("/run/netns/x".into()) });
+        assert_eq!(plan[3], NsRequest { kind: NsKind::Mount, path: None });
+    }
+
+    #[test]
+    fn hostile_namespace_entries_are_refused() {
+        let none = SharedNamespaces::default();
+        assert!(plan_namespaces(&spec_with(&[("time", "")]), &none).is_err());
+        assert!(plan_namespaces(&spec_with(&[("pid", ""), ("pid", "")]), &none).is_err());
+        assert!(plan_namespaces(&spec_with(&[("network", "relative/path")]), &none).is_err());
+        assert!(plan_namespaces(&spec_with(&[("mount", "/proc/1/ns/mnt")]), &none).is_err());
+    }
+}

@@ -1,0 +1,122 @@
+//! A container of the sandbox: its spec, cgroup, init process and exec'd
+//! processes. One verb per file (`create`, `start`, `exec`, `signal`,
+//! `remove`, `resources`); each takes only this container's own locks, so
+//! requests for different containers never wait on each other.
+
+pub mod create;
+mod exec;
+mod remove;
+mod resources;
+mod signal;
+mod start;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::cgroups::ContainerCgroup;
+use crate::process::spawn::StartGate;
+use crate::process::Process;
+
+pub use create::CreateParams;
+
+/// Errors of the runtime, grouped by what the caller did wrong (or not).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+pub struct Container {
+    pub id: String,
+    spec: protos::oci::Spec,
+    cgroup: ContainerCgroup,
+    init: Arc<Process>,
+    status: Mutex<Status>,
+    gate: Mutex<Option<StartGate>>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// Namespace files of the init, joined by exec'd processes.
+    ns_dir: PathBuf,
+    oom_watch: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Container {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Container").field("id", &self.id).field("init", &self.init).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Container {
+    pub fn status(&self) -> Status {
+        let s = *lock(&self.status);
+        if s == Status::Running && self.init.has_exited() {
+            return Status::Stopped;
+        }
+        s
+    }
+
+    fn set_status(&self, s: Status) {
+        *lock(&self.status) = s;
+    }
+
+    pub fn init(&self) -> &Arc<Process> {
+        &self.init
+    }
+
+    pub fn cgroup(&self) -> &ContainerCgroup {
+        &self.cgroup
+    }
+
+    /// The process for `exec_id`; empty means the init (kata semantics).
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() || exec_id == self.init.exec_id {
+            return Ok(self.init.clone());
+        }
+        lock(&self.execs).get(exec_id).cloned().ok_or_else(|| {
+            RuntimeError::NotFound(format!("container {}: no process with exec id {exec_id:?}", self.id))
+        })
+    }
+
+    /// Waits for a process and returns its exit code (128+signal when killed).
+    /// An exec'd process is forgotten afterwards, as kata does.
+    pub async fn wait(&self, exec_id: &str) -> Result<i32> {
+        let p = self.process(exec_id)?;
+        let status = p.wait().await.ok_or_else(|| RuntimeError::Internal("the reaper stopped".into()))?;
+        if !Arc::ptr_eq(&p, &self.init) {
+            lock(&self.execs).remove(&p.exec_id);
+        } else {
+            self.set_status(Status::Stopped);
+        }
+        Ok(status.code())
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.oom_watch.abort();
+    }
+}

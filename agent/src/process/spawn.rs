@@ -1,0 +1,113 @@
+//! Starts a container init (the agent binary re-executed) and runs the agent
+//! side of its handshake (see `jail::protocol`). Blocking: call it from
+//! `spawn_blocking`. Between fork and exec the child runs only std's own
+//! spawn code plus one `dup2`/`fcntl`, both async-signal-safe.
+
+use std::io::BufReader;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::jail::protocol::{self, InitConfig, Report, ACK, INIT_ARGV0, START, SYNC_FD};
+use crate::reaper::{ExitWaiter, Reaper};
+
+use super::stdio::ChildStdio;
+
+/// How long an init may take to set up before the agent gives up on it.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The agent's end of the handshake socket of a created, not yet started
+/// container.
+pub struct StartGate {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+pub struct Spawned {
+    pub pid: i32,
+    pub waiter: ExitWaiter,
+    /// Present in `Create` mode until `start`.
+    pub gate: Option<StartGate>,
+}
+
+fn io_err(what: &str, e: std::io::Error) -> String {
+    format!("{what}: {e}")
+}
+
+/// Spawns the init for `cfg` with `stdio` as its fds 0-2 and returns once it
+/// is ready (Create: waiting for start; Exec: exec'd; Pause: running).
+pub fn spawn_init(reaper: &Reaper, cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, String> {
+    let (ours, theirs) = UnixStream::pair().map_err(|e| io_err("socketpair", e))?;
+    let raw = theirs.as_raw_fd();
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0(INIT_ARGV0)
+        .env_clear()
+        .stdin(Stdio::from(stdio.stdin))
+        .stdout(Stdio::from(stdio.stdout))
+        .stderr(Stdio::from(stdio.stderr));
+    // SAFETY: only dup2/fcntl run in the child between fork and exec; both
+    // are async-signal-safe and allocate nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if raw == SYNC_FD {
+                if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, SYNC_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let spawned = reaper.spawn(&mut cmd);
+    // Close our copies of the child's ends now, so EOFs are seen correctly.
+    drop(cmd);
+    drop(theirs);
+    let (_child, _intermediate_exit) = spawned.map_err(|e| io_err("spawn container init", e))?;
+
+    ours.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(|e| io_err("socket timeout", e))?;
+    let mut writer = ours.try_clone().map_err(|e| io_err("socket clone", e))?;
+    let mut reader = BufReader::new(ours);
+    protocol::send(&mut writer, cfg).map_err(|e| io_err("send init config", e))?;
+    let pid = match protocol::recv::<_, Report>(&mut reader).map_err(|e| io_err("read init pid", e))? {
+        Some(Report::Pid(pid)) => pid,
+        Some(Report::Error(e)) => return Err(e),
+        other => return Err(format!("container init: unexpected message {other:?}")),
+    };
+    let waiter = reaper.watch(pid);
+    protocol::send(&mut writer, &ACK).map_err(|e| io_err("send ack", e))?;
+    match protocol::recv::<_, Report>(&mut reader).map_err(|e| io_err("read init status", e))? {
+        Some(Report::Ready) => {}
+        Some(Report::Error(e)) => return Err(e),
+        other => return Err(format!("container init: unexpected message {other:?}")),
+    }
+    let mut gate = StartGate { reader, writer };
+    match cfg.mode {
+        protocol::Mode::Create => Ok(Spawned { pid, waiter, gate: Some(gate) }),
+        protocol::Mode::Exec => {
+            gate.wait_exec()?;
+            Ok(Spawned { pid, waiter, gate: None })
+        }
+        protocol::Mode::Pause => Ok(Spawned { pid, waiter, gate: None }),
+    }
+}
+
+impl StartGate {
+    /// Lets a created container exec its process; returns once it did.
+    pub fn start(mut self) -> Result<(), String> {
+        protocol::send(&mut self.writer, &START).map_err(|e| io_err("send start", e))?;
+        self.wait_exec()
+    }
+
+    /// The socket closes on a successful exec (O_CLOEXEC), or carries an error.
+    fn wait_exec(&mut self) -> Result<(), String> {
+        match protocol::recv::<_, Report>(&mut self.reader) {
+            Ok(None) => Ok(()),
+            Ok(Some(Report::Error(e))) => Err(e),
+            Ok(Some(other)) => Err(format!("container init: unexpected message {other:?}")),
+            Err(e) => Err(io_err("wait for exec", e)),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The pod: its id, hostname, DNS, storages, the namespace holder shared by
+//! its containers (uts, ipc, optionally pid), and the table of containers.
+//!
+//! The table's lock is held only to look up, insert or remove an entry, never
+//! across a container operation: each container has its own locks, so no
+//! request for one container waits on another.
+
+pub mod storage;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::cgroups::valid_id;
+use crate::container::{Container, CreateParams, Result, RuntimeError};
+use crate::jail::protocol::{InitConfig, Mode, NsRequest};
+use crate::namespaces::NsKind;
+use crate::process::{spawn, stdio, Process};
+use crate::reaper::Reaper;
+use crate::shutdown::Shutdown;
+use storage::Prepared;
+
+pub use crate::container::create::SharedNamespaces;
+
+/// Where the runtime keeps its files and cgroups.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Sandbox files (resolv.conf); default /run/cvm-agent, env CVM_AGENT_RUN_DIR.
+    pub run_dir: PathBuf,
+    /// Parent of all sandbox cgroups; default `cvm-agent`, env CVM_AGENT_CGROUP_PARENT.
+    pub cgroup_parent: String,
+}
+
+impl RuntimeConfig {
+    pub fn from_env() -> RuntimeConfig {
+        RuntimeConfig {
+            run_dir: std::env::var_os("CVM_AGENT_RUN_DIR")
+                .map_or_else(|| PathBuf::from("/run/cvm-agent"), PathBuf::from),
+            cgroup_parent: std::env::var("CVM_AGENT_CGROUP_PARENT")
+                .ok()
+                .filter(|p| valid_id(p))
+                .unwrap_or_else(|| "cvm-agent".into()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct SandboxState {
+    id: Option<String>,
+    pause: Option<Arc<Process>>,
+    shared: SharedNamespaces,
+    storages: Vec<Prepared>,
+}
+
+pub struct Sandbox {
+    reaper: Reaper,
+    shutdown: Shutdown,
+    config: RuntimeConfig,
+    state: Mutex<SandboxState>,
+    containers: RwLock<HashMap<String, Arc<Container>>>,
+    /// Ids being created, so two CreateContainer calls cannot race.
+    creating: Mutex<HashSet<String>>,
+    oom_tx: mpsc::UnboundedSender<String>,
+    oom_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Sandbox {
+    pub fn new(reaper: Reaper, shutdown: Shutdown, config: RuntimeConfig) -> Sandbox {
+        let (oom_tx, oom_rx) = mpsc::unbounded_channel();
+        Sandbox {
+            reaper,
+            shutdown,
+            config,
+            state: Mutex::new(SandboxState::default()),
+            containers: RwLock::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
+            oom_tx,
+            oom_rx: tokio::sync::Mutex::new(oom_rx),
+        }
+    }
+
+    pub fn reaper(&self) -> &Reaper {
+        &self.reaper
+    }
+
+    fn sandbox_id(&self) -> String {
+        lock(&self.state).id.clone().unwrap_or_else(|| "standalone".into())
+    }
+
+    pub async fn create(&self, req: &protos::agent::CreateSandboxRequest) -> Result<()> {
+        let id = if req.sandbox_id.is_empty() { "sandbox".to_string() } else { req.sandbox_id.clone() };
+        if !valid_id(&id) {
+            return Err(RuntimeError::InvalidArgument(format!("invalid sandbox id {:?}", req.sandbox_id)));
+        }
+        if req.hostname.len() > 64 || req.hostname.contains(['\0', '/']) {
+            return Err(RuntimeError::InvalidArgument(format!("invalid hostname {:?}", req.hostname)));
+        }
+        {
+            let mut st = lock(&self.state);
+            if st.id.is_some() {
+                return Err(RuntimeError::AlreadyExists("the sandbox already exists".into()));
+            }
+            st.id = Some(id.clone());
+        }
+        if let Err(e) = self.setup(&id, req).await {
+            self.teardown().await;
+            lock(&self.state).id = None;
+            return Err(e);
+        }
+        tracing::info!(sandbox = %id, hostname = %req.hostname, pidns = req.sandbox_pidns, "sandbox created");
+        Ok(())
+    }
+
+    async fn setup(&self, _id: &str, req: &protos::agent::CreateSandboxRequest) -> Result<()> {
+        let dir = self.config.run_dir.join("sandbox");
+        std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::Internal(format!("{}: {e}", dir.display())))?;
+        let mut resolv = String::new();
+        for line in &req.dns {
+            if line.contains('\n') {
+                return Err(RuntimeError::InvalidArgument(format!("invalid DNS entry {line:?}")));
+            }
+            resolv.push_str(line);
+            resolv.push('\n');
+        }
+        std::fs::write(dir.join("resolv.conf"), resolv)
+            .map_err(|e| RuntimeError::Internal(format!("resolv.conf: {e}")))?;
+        for s in &req.storages {
+            let prepared = storage::prepare(s)?;
+            lock(&self.state).storages.push(prepared);
+        }
+        // The namespace holder: uts (with the hostname), ipc, and pid if shared.
+        let mut namespaces =
+            vec![NsRequest { kind: NsKind::Uts, path: None }, NsRequest { kind: NsKind::Ipc, path: None }];
+        if req.sandbox_pidns {
+            namespaces.push(NsRequest { kind: NsKind::Pid, path: None });
+        }
+        let mut process = protos::oci::Process::new();
+        process.Args = vec!["pause".into()];
+        let spec = protos::oci::Spec { Process: Some(process).into(), ..Default::default() };
+        let cfg = InitConfig {
+            mode: Mode::Pause,
+            spec,
+            rootfs: Default::default(),
+            namespaces,
+            cgroup_procs: Vec::new(),
+            hostname: (!req.hostname.is_empty()).then(|| req.hostname.clone()),
+        };
+        let (agent_io, child_io) = stdio::pipes().map_err(|e| RuntimeError::Internal(format!("stdio: {e}")))?;
+        let r = self.reaper.clone();
+        let spawned = tokio::task::spawn_blocking(move || spawn::spawn_init(&r, &cfg, child_io))
+            .await
+            .map_err(|e| RuntimeError::Internal(format!("spawn task: {e}")))?
+            .map_err(|e| RuntimeError::Internal(format!("sandbox namespaces: {e}")))?;
+        let pause = Process::new("pause".into(), spawned.pid, spawned.waiter, agent_io);
+        let ns = |name: &str| Some(PathBuf::from(format!("/proc/{}/ns/{name}", pause.pid)));
+        let mut st = lock(&self.state);
+        st.shared =
+            SharedNamespaces { uts: ns("uts"), ipc: ns("ipc"), pid: if req.sandbox_pidns { ns("pid") } else { None } };
+        st.pause = Some(pause);
+        Ok(())
+    }
+
+    /// Removes every container, the namespace holder, storages and the
+    /// sandbox cgroup, then asks the agent to shut down.
+    pub async fn destroy(&self) -> Result<()> {
+        self.teardown().await;
+        lock(&self.state).id = None;
+        tracing::info!("sandbox destroyed; requesting agent shutdown");
+        self.shutdown.request();
+        Ok(())
+    }
+
+    async fn teardown(&self) {
+        let all: Vec<Arc<Container>> =
+            self.containers.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for c in all {
+            if let Err(e) = c.remove(Some(Duration::from_secs(10))).await {
+                tracing::warn!(container = %c.id, error = %e, "container did not go away cleanly");
+            }
+            self.containers.write().unwrap_or_else(|p| p.into_inner()).remove(&c.id);
+        }
+        let (pause, storages) = {
+            let mut st = lock(&self.state);
+            (st.pause.take(), std::mem::take(&mut st.storages))
+        };
+        if let Some(p) = pause {
+            let _ = p.signal(libc::SIGKILL);
+            let _ = tokio::time::timeout(Duration::from_secs(5), p.wait()).await;
+        }
+        for s in storages.iter().rev() {
+            storage::undo(s);
+        }
+        let id = self.sandbox_id();
+        // The per-sandbox cgroup directory is empty once its containers are gone.
+        if let Ok(cg) = crate::cgroups::ContainerCgroup::create(&format!("{}/{id}", self.config.cgroup_parent), None) {
+            let _ = cg.delete();
+        }
+    }
+
+    pub fn container(&self, id: &str) -> Result<Arc<Container>> {
+        self.containers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::NotFound(format!("container {id:?} not found")))
+    }
+
+    pub async fn create_container(&self, req: protos::agent::CreateContainerRequest) -> Result<()> {
+        let id = req.container_id.clone();
+        if !valid_id(&id) {
+            return Err(RuntimeError::InvalidArgument(format!("invalid container id {id:?}")));
+        }
+        let spec = req
+            .OCI
+            .into_option()
+            .ok_or_else(|| RuntimeError::InvalidArgument("CreateContainer without an OCI spec".into()))?;
+        {
+            let map = self.containers.read().unwrap_or_else(|p| p.into_inner());
+            if map.contains_key(&id) || !lock(&self.creating).insert(id.clone()) {
+                return Err(RuntimeError::AlreadyExists(format!("container {id:?} already exists")));
+            }
+        }
+        let result = self.create_reserved(&id, req.exec_id, req.sandbox_pidns, &req.storages, spec).await;
+        lock(&self.creating).remove(&id);
+        let container = result?;
+        self.containers.write().unwrap_or_else(|p| p.into_inner()).insert(id, container);
+        Ok(())
+    }
+
+    async fn create_reserved(
+        &self,
+        id: &str,
+        exec_id: String,
+        sandbox_pidns: bool,
+        storages: &[protos::agent::Storage],
+        spec: protos::oci::Spec,
+    ) -> Result<Arc<Container>> {
+        for s in storages {
+            let prepared = storage::prepare(s)?;
+            lock(&self.state).storages.push(prepared);
+        }
+        let mut shared = lock(&self.state).shared.clone();
+        if !sandbox_pidns {
+            shared.pid = None;
+        }
+        let params = CreateParams {
+            id: id.to_string(),
+            exec_id: if exec_id.is_empty() { id.to_string() } else { exec_id },
+            spec,
+            cgroup_path: format!("{}/{}/{id}", self.config.cgroup_parent, self.sandbox_id()),
+            shared,
+            oom_events: self.oom_tx.clone(),
+        };
+        Container::create(&self.reaper, params).await
+    }
+
+    pub async fn remove_container(&self, id: &str, timeout: Option<Duration>) -> Result<()> {
+        let c = self.container(id)?;
+        c.remove(timeout).await?;
+        self.containers.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        Ok(())
+    }
+
+    /// Long poll: the id of the next container with an OOM kill.
+    pub async fn next_oom_event(&self) -> Result<String> {
+        self.oom_rx.lock().await.recv().await.ok_or_else(|| RuntimeError::Internal("OOM event channel closed".into()))
+    }
+}
