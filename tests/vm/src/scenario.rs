@@ -16,6 +16,9 @@ use crate::vm::Vm;
 /// The busybox rootfs `rootfs/build.sh` puts into the image.
 pub const BUSYBOX_ROOTFS: &str = "/usr/share/cvm/busybox";
 pub const CONTAINER_ID: &str = "hello";
+/// Containers of a pod share the sandbox's UTS namespace (kata semantics),
+/// so the container sees this hostname, not its spec's.
+pub const SANDBOX_HOSTNAME: &str = "cvm-e2e";
 /// What the container prints, and the exit code it ends with.
 pub const GREETING: &str = "hello from a container in the confidential VM";
 pub const EXIT_CODE: i64 = 7;
@@ -51,10 +54,12 @@ pub fn create_container_request() -> Value {
             },
             "Root": {"Path": BUSYBOX_ROOTFS, "Readonly": true},
             "Hostname": CONTAINER_ID,
+            // `type_`: the generated serde name today; kata's JSON says `type`
+            // (reported to the protos owner).
             "Mounts": [
-                {"destination": "/proc", "source": "proc", "type": "proc", "options": ["nosuid", "noexec", "nodev"]},
-                {"destination": "/dev", "source": "tmpfs", "type": "tmpfs", "options": ["nosuid", "mode=755"]},
-                {"destination": "/tmp", "source": "tmpfs", "type": "tmpfs", "options": ["nosuid", "nodev"]}
+                {"destination": "/proc", "source": "proc", "type_": "proc", "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/dev", "source": "tmpfs", "type_": "tmpfs", "options": ["nosuid", "mode=755"]},
+                {"destination": "/tmp", "source": "tmpfs", "type_": "tmpfs", "options": ["nosuid", "nodev"]}
             ],
             "Linux": {
                 "Namespaces": [{"Type": "pid"}, {"Type": "mount"}, {"Type": "uts"}, {"Type": "ipc"}]
@@ -83,7 +88,7 @@ pub async fn run(vm: &mut Vm, boot: Duration, mut say: impl FnMut(&str)) -> anyh
     say("Check: SERVING");
     out.version = call("Version", json!({}), t).await?;
     say(&format!("Version: {}", out.version));
-    call("CreateSandbox", json!({"sandbox_id": "e2e", "hostname": "cvm-e2e"}), t).await?;
+    call("CreateSandbox", json!({"sandbox_id": "e2e", "hostname": SANDBOX_HOSTNAME}), t).await?;
     say("CreateSandbox: ok");
     call("CreateContainer", create_container_request(), t).await?;
     say(&format!("CreateContainer {CONTAINER_ID}: busybox rootfs {BUSYBOX_ROOTFS}"));

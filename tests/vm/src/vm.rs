@@ -141,6 +141,11 @@ impl Vm {
         self.started.elapsed()
     }
 
+    /// Process ids of QEMU and vhost-device-vsock (each leads its own group).
+    pub fn pids(&self) -> [u32; 2] {
+        [self.qemu.child.id(), self.vhost.child.id()]
+    }
+
     pub fn work_dir(&self) -> &Path {
         self.work.path()
     }

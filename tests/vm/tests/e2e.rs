@@ -52,6 +52,16 @@ fn boots_as_pid1_and_answers_over_hybrid_vsock() {
     assert!(console.contains("init: boot done"), "init did not finish its boot steps:\n{console}");
     assert!(console.contains("agent ready"), "{console}");
     assert!(!console.contains("ERROR"), "errors on the console:\n{console}");
+
+    // Dropping the VM (as a failing test would) leaves no process behind.
+    let (pids, work) = (vm.pids(), vm.work_dir().to_owned());
+    drop(vm);
+    for pid in pids {
+        // SAFETY: kill with signal 0 only checks for existence.
+        let alive = unsafe { libc::kill(-(pid as libc::pid_t), 0) } == 0;
+        assert!(!alive, "process group {pid} survived the VM's drop");
+    }
+    assert!(!work.exists(), "work directory {} left behind", work.display());
 }
 
 #[test]
@@ -81,7 +91,7 @@ fn busybox_container_lifecycle_then_the_vm_powers_itself_off() {
     let outcome = outcome.unwrap_or_else(|e| panic!("{e:#}\n--- console ---\n{console}"));
     assert_eq!(
         outcome.stdout,
-        format!("{}\nhostname={}\n", scenario::GREETING, scenario::CONTAINER_ID),
+        format!("{}\nhostname={}\n", scenario::GREETING, scenario::SANDBOX_HOSTNAME),
         "container stdout"
     );
     assert_eq!(outcome.exit_code, scenario::EXIT_CODE);
