@@ -141,6 +141,19 @@ impl Vm {
         self.started.elapsed()
     }
 
+    /// CPU time (user + system) QEMU has used so far: on a busy host this is
+    /// what the boot would take on an idle one (TCG is CPU-bound).
+    pub fn qemu_cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.qemu.child.id())).ok()?;
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Some(Duration::from_millis(ticks * 1000 / hz))
+    }
+
     /// Process ids of QEMU and vhost-device-vsock (each leads its own group).
     pub fn pids(&self) -> [u32; 2] {
         [self.qemu.child.id(), self.vhost.child.id()]
