@@ -8,14 +8,14 @@ STATIC_FLAGS := -C target-feature=+crt-static
 RELEASE_DIR  := target/$(TARGET)/release
 
 # Real peers the integration tests drive (Debian packages).
-TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates
+TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates runc crun
 # The guest image and the QEMU harness (rootfs/, tests/vm).
 TEST_PKGS    += qemu-system-x86 linux-image-amd64 cpio kmod xz-utils file
 ROOTFS_DIR   := target/rootfs
 VM           := $(CARGO) run -q -p vm-harness --bin cvm-vm --
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build release test lint fmt demo demo-local clean check-tools deps bench bench-pull bench-boot rootfs vm vhost-device-vsock
+.PHONY: all build release test lint fmt demo demo-local clean check-tools deps bench bench-pull bench-runtime bench-boot rootfs vm vhost-device-vsock
 
 all: build
 
@@ -83,13 +83,17 @@ demo-local: check-tools
 	./agent/demo.sh target/debug
 
 # Benchmarks against real peers; results go to docs/BENCHMARKS.md.
-bench: bench-pull bench-boot
+bench: bench-pull bench-runtime bench-boot
 
 # Image pull vs curl|gzip|tar, skopeo+umoci and ctr (root, about 10 min).
 bench-pull:
 	bash tests/bench/pull.sh
 
-# Boot time under QEMU: uncompressed kernel vs Debian's vmlinuz (~2 min TCG).
+# Container create+start+wait through the agent vs crun and runc (root, about 2 min).
+bench-runtime: deps
+	bash tests/bench/runtime.sh
+
+# Boot time under QEMU: uncompressed kernel vs Debian's vmlinuz (~3 min TCG).
 bench-boot: deps rootfs
 	bash tests/bench/boot.sh
 

@@ -152,8 +152,11 @@ pub fn apply(caps: &ProcessCaps) -> io::Result<()> {
     }
     // SAFETY: integer prctl.
     unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+    // The kernel only allows ambient caps that are permitted and inheritable;
+    // like runc and crun, skip the others (runc's default spec lists ambient
+    // caps without inheritable ones).
     for cap in 0..=last_cap() {
-        if caps.ambient.contains(cap) {
+        if caps.ambient.contains(cap) && caps.permitted.contains(cap) && caps.inheritable.contains(cap) {
             // SAFETY: integer prctl.
             if unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap as libc::c_ulong, 0, 0) } != 0
             {

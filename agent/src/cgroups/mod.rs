@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use cgroups_rs::cpu::CpuController;
 use cgroups_rs::cpuset::CpuSetController;
+use cgroups_rs::devices::{DevicePermissions, DeviceType, DevicesController};
 use cgroups_rs::freezer::{FreezerController, FreezerState};
 use cgroups_rs::memory::MemController;
 use cgroups_rs::pid::PidController;
@@ -119,6 +120,7 @@ impl ContainerCgroup {
                 }
             }
         }
+        self.apply_devices(&res.Devices)?;
         if let (Some(p), Some(pids)) = (res.Pids.as_ref(), self.cg.controller_of::<PidController>()) {
             let max = if p.Limit > 0 { MaxValue::Value(p.Limit) } else { MaxValue::Max };
             pids.set_pid_max(max).map_err(self.err())?;
@@ -128,6 +130,44 @@ impl ContainerCgroup {
 
     /// Freezes and waits until the kernel reports FROZEN (v1 passes
     /// through FREEZING while tasks are stopped), re-requesting as runc does.
+    /// Device rules, in spec order (v1 devices.allow/deny). cgroup v2 needs
+    /// an eBPF device program, which this agent does not load yet: the rules
+    /// are then logged as not enforced.
+    fn apply_devices(&self, rules: &[protos::oci::LinuxDeviceCgroup]) -> Result<(), CgroupError> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        if self.cg.v2() {
+            tracing::warn!(cgroup = %self.rel, rules = rules.len(), "device cgroup rules are not enforced on cgroup v2 yet");
+            return Ok(());
+        }
+        let Some(dev) = self.cg.controller_of::<DevicesController>() else { return Ok(()) };
+        for r in rules {
+            let kind = match r.Type.as_str() {
+                "" | "a" => DeviceType::All,
+                "c" => DeviceType::Char,
+                "b" => DeviceType::Block,
+                other => {
+                    return Err(CgroupError::Io {
+                        path: self.rel.clone(),
+                        what: format!("device rule type {other:?}"),
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "expected a, c or b"),
+                    })
+                }
+            };
+            let access = if r.Access.is_empty() { "rwm" } else { r.Access.as_str() };
+            let perms = DevicePermissions::from_str(access).map_err(self.err())?;
+            let (major, minor) = (r.Major.max(-1), r.Minor.max(-1));
+            let (major, minor) = if kind == DeviceType::All { (-1, -1) } else { (major, minor) };
+            if r.Allow {
+                dev.allow_device(kind, major, minor, &perms).map_err(self.err())?;
+            } else {
+                dev.deny_device(kind, major, minor, &perms).map_err(self.err())?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn freeze(&self) -> Result<(), CgroupError> {
         let freezer = self.freezer()?;
         for _ in 0..2000 {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::{Container, Result, RuntimeError, Status};
 use crate::cgroups::ContainerCgroup;
-use crate::jail::protocol::{InitConfig, Mode, NsRequest};
+use crate::jail::protocol::{id_map, InitConfig, Mode, NsRequest};
 use crate::namespaces::NsKind;
 use crate::process::{spawn, stdio, Process};
 use crate::reaper::Reaper;
@@ -98,11 +98,40 @@ impl Container {
         if process.Args.is_empty() {
             return Err(RuntimeError::InvalidArgument("Process.Args is empty".into()));
         }
+        if let Some(h) = p.spec.Hooks.as_ref() {
+            let n = h.Prestart.len()
+                + h.CreateRuntime.len()
+                + h.CreateContainer.len()
+                + h.StartContainer.len()
+                + h.Poststart.len()
+                + h.Poststop.len();
+            if n > 0 {
+                // Hooks from the host would run host-chosen code in the guest.
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "the spec has {n} OCI hooks; this agent does not run hooks from the host"
+                )));
+            }
+        }
         let rootfs = rootfs_of(&p.spec)?;
         let namespaces = plan_namespaces(&p.spec, &p.shared)?;
         let new_uts = namespaces.iter().any(|n| n.kind == NsKind::Uts && n.path.is_none());
         let hostname = (new_uts && !p.spec.Hostname.is_empty()).then(|| p.spec.Hostname.clone());
 
+        let (uid_map, gid_map) = if namespaces.iter().any(|n| n.kind == NsKind::User && n.path.is_none()) {
+            let l = p.spec.Linux.as_ref();
+            let uid = id_map(l.map(|l| l.UIDMappings.as_slice()).unwrap_or_default())
+                .map_err(RuntimeError::InvalidArgument)?;
+            let gid = id_map(l.map(|l| l.GIDMappings.as_slice()).unwrap_or_default())
+                .map_err(RuntimeError::InvalidArgument)?;
+            if uid.is_empty() || gid.is_empty() {
+                return Err(RuntimeError::InvalidArgument(
+                    "a new user namespace needs uidMappings and gidMappings".into(),
+                ));
+            }
+            (uid, gid)
+        } else {
+            (String::new(), String::new())
+        };
         let resources = p.spec.Linux.as_ref().and_then(|l| l.Resources.as_ref());
         let cgroup =
             ContainerCgroup::create(&p.cgroup_path, resources).map_err(|e| RuntimeError::Internal(e.to_string()))?;
@@ -121,6 +150,8 @@ impl Container {
             namespaces,
             cgroup_procs: cgroup.procs_files(),
             hostname,
+            uid_map,
+            gid_map,
         };
         let r = reaper.clone();
         let spawned = tokio::task::spawn_blocking(move || spawn::spawn_init(&r, &cfg, child_io))

@@ -37,10 +37,9 @@ impl Container {
             return Err(RuntimeError::AlreadyExists(format!("container {}: exec id {exec_id:?} is in use", self.id)));
         }
         let mut namespaces = Vec::new();
+        // Every namespace of the init that differs from ours, user included
+        // (an exec must never run as real root next to a user-namespaced init).
         for kind in NsKind::JOIN_ORDER {
-            if kind == NsKind::User {
-                continue;
-            }
             let theirs = self.ns_dir.join(kind.proc_name());
             if !same_namespace(&theirs, &Path::new("/proc/self/ns").join(kind.proc_name())) {
                 namespaces.push(NsRequest { kind, path: Some(theirs) });
@@ -63,6 +62,8 @@ impl Container {
             namespaces,
             cgroup_procs: self.cgroup.procs_files(),
             hostname: None,
+            uid_map: String::new(),
+            gid_map: String::new(),
         };
         let r = reaper.clone();
         let spawned = tokio::task::spawn_blocking(move || spawn::spawn_init(&r, &cfg, child_io))

@@ -75,7 +75,7 @@ fn try_run(
     for procs in &cfg.cgroup_procs {
         std::fs::write(procs, &pid).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
     }
-    let new_ns = enter_namespaces(&cfg)?;
+    let new_ns = enter_namespaces(&cfg, reader, writer)?;
     let process = cfg.spec.Process.as_ref().ok_or("the spec has no process")?;
     if process.OOMScoreAdj != 0 {
         std::fs::write("/proc/self/oom_score_adj", process.OOMScoreAdj.to_string())
@@ -119,7 +119,11 @@ fn try_run(
 
 /// Joins the namespaces given by path, then unshares the new ones. Returns
 /// the kinds that were newly created.
-fn enter_namespaces(cfg: &InitConfig) -> Result<Vec<NsKind>, String> {
+fn enter_namespaces(
+    cfg: &InitConfig,
+    reader: &mut BufReader<UnixStream>,
+    writer: &mut UnixStream,
+) -> Result<Vec<NsKind>, String> {
     let mut joined: Vec<(NsKind, File)> = Vec::new();
     let mut new = Vec::new();
     for ns in &cfg.namespaces {
@@ -132,7 +136,21 @@ fn enter_namespaces(cfg: &InitConfig) -> Result<Vec<NsKind>, String> {
         }
     }
     if new.contains(&NsKind::User) {
-        return Err("creating a user namespace (uid/gid mappings) is not supported by this agent yet".into());
+        // First, so every other new namespace is owned by it. The agent
+        // writes the id maps (it is privileged in the parent namespace).
+        // SAFETY: unshare with a namespace flag.
+        if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+            return Err(os_err("unshare user namespace"));
+        }
+        protocol::send(writer, &Report::NeedIdMaps).map_err(|e| format!("ask for id maps: {e}"))?;
+        let ok: Option<String> = protocol::recv(reader).map_err(|e| format!("wait for id maps: {e}"))?;
+        if ok.as_deref() != Some(protocol::MAPPED) {
+            return Err("the agent did not write the id maps".into());
+        }
+        // SAFETY: plain syscalls; uid/gid 0 are mapped now.
+        if unsafe { libc::setresgid(0, 0, 0) } != 0 || unsafe { libc::setresuid(0, 0, 0) } != 0 {
+            return Err(os_err("become root of the user namespace"));
+        }
     }
     for kind in NsKind::JOIN_ORDER {
         if let Some((_, f)) = joined.iter().find(|(k, _)| *k == kind) {
@@ -142,7 +160,7 @@ fn enter_namespaces(cfg: &InitConfig) -> Result<Vec<NsKind>, String> {
             }
         }
     }
-    let flags = new.iter().fold(0, |acc, k| acc | k.clone_flag());
+    let flags = new.iter().filter(|k| **k != NsKind::User).fold(0, |acc, k| acc | k.clone_flag());
     // SAFETY: unshare with namespace flags only.
     if flags != 0 && unsafe { libc::unshare(flags) } != 0 {
         return Err(os_err("unshare namespaces"));
@@ -166,7 +184,8 @@ fn child(
     }
     if cfg.mode == Mode::Create {
         if new_ns.contains(&NsKind::Mount) {
-            crate::mount::setup_rootfs(&cfg.spec, &cfg.rootfs).map_err(|e| format!("rootfs: {e}"))?;
+            crate::mount::setup_rootfs(&cfg.spec, &cfg.rootfs, &crate::mount::LinuxKernel)
+                .map_err(|e| format!("rootfs: {e}"))?;
         } else {
             return Err("a container needs its own mount namespace".into());
         }
@@ -185,6 +204,8 @@ fn child(
                 exec::write_sysctl(key, value)?;
             }
         }
+        crate::mount::finalize_rootfs(&cfg.spec, std::path::Path::new("/"), &crate::mount::LinuxKernel)
+            .map_err(|e| format!("rootfs: {e}"))?;
     }
     exec::set_rlimits(&process.Rlimits)?;
 

@@ -20,6 +20,8 @@ pub const INIT_ARGV0: &str = "cvm-container-init";
 pub const SYNC_FD: i32 = 3;
 pub const ACK: &str = "ack";
 pub const START: &str = "start";
+/// Agent → init: the uid/gid maps of the new user namespace are written.
+pub const MAPPED: &str = "mapped";
 /// Upper bound of one protocol line; the spec is the biggest message.
 pub const MAX_LINE: usize = 4 << 20;
 
@@ -53,10 +55,30 @@ pub struct InitConfig {
     pub cgroup_procs: Vec<PathBuf>,
     /// Set in a new uts namespace (Create, Pause).
     pub hostname: Option<String>,
+    /// `uid_map` / `gid_map` lines for a new user namespace, written by the agent.
+    #[serde(default)]
+    pub uid_map: String,
+    #[serde(default)]
+    pub gid_map: String,
+}
+
+/// Renders OCI id mappings as a /proc/<pid>/uid_map body; refuses empty or
+/// overflowing ranges.
+pub fn id_map(maps: &[protos::oci::LinuxIDMapping]) -> Result<String, String> {
+    let mut out = String::new();
+    for m in maps {
+        if m.Size == 0 || m.ContainerID.checked_add(m.Size).is_none() || m.HostID.checked_add(m.Size).is_none() {
+            return Err(format!("invalid id mapping {} {} {}", m.ContainerID, m.HostID, m.Size));
+        }
+        out.push_str(&format!("{} {} {}\n", m.ContainerID, m.HostID, m.Size));
+    }
+    Ok(out)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Report {
+    /// The init created a user namespace and waits for its id maps.
+    NeedIdMaps,
     Pid(i32),
     Ready,
     Error(String),
@@ -86,6 +108,19 @@ pub fn recv<R: BufRead, T: for<'de> Deserialize<'de>>(r: &mut R) -> std::io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_maps_render_and_overflowing_or_empty_ranges_are_refused() {
+        let m = |c: u32, h: u32, n: u32| protos::oci::LinuxIDMapping {
+            ContainerID: c,
+            HostID: h,
+            Size: n,
+            ..Default::default()
+        };
+        assert_eq!(id_map(&[m(0, 100000, 65536), m(65536, 5, 1)]).unwrap(), "0 100000 65536\n65536 5 1\n");
+        assert!(id_map(&[m(0, u32::MAX, 2)]).is_err());
+        assert!(id_map(&[m(0, 1, 0)]).is_err());
+    }
 
     #[test]
     fn reports_round_trip_and_truncation_is_an_error() {

@@ -7,6 +7,7 @@
 //! destination is resolved with `resolve_in_root`, so a hostile spec cannot
 //! mount over anything outside the container's root.
 
+pub mod kernel;
 pub mod path;
 
 use std::ffi::CString;
@@ -14,6 +15,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+pub use kernel::{Kernel, LinuxKernel};
 pub use path::resolve_in_root;
 
 /// Mount flags, propagation and fs data parsed from OCI mount options.
@@ -144,19 +146,20 @@ pub fn mount(
 /// Host devices bind-mounted into a container /dev tmpfs (as runc's defaults).
 const DEFAULT_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
-/// Builds the container's mounts under `rootfs` and pivots into it.
-pub fn setup_rootfs(spec: &protos::oci::Spec, rootfs: &Path) -> io::Result<()> {
+/// Builds the container's mounts under `rootfs` and pivots into it; call
+/// `finalize_rootfs` afterwards.
+pub fn setup_rootfs(spec: &protos::oci::Spec, rootfs: &Path, k: &dyn Kernel) -> io::Result<()> {
     let linux = spec.Linux.as_ref();
     let prop = rootfs_propagation(linux.map_or("", |l| l.RootfsPropagation.as_str())).map_err(io::Error::other)?;
-    mount(None, Path::new("/"), None, prop, None)?;
-    mount(Some(rootfs), rootfs, None, libc::MS_BIND | libc::MS_REC, None)?;
+    k.mount(None, Path::new("/"), None, prop, None)?;
+    k.mount(Some(rootfs), rootfs, None, libc::MS_BIND | libc::MS_REC, None)?;
 
     let mut dev_is_tmpfs = false;
     for m in &spec.Mounts {
         if m.destination == "/dev" && m.type_ == "tmpfs" {
             dev_is_tmpfs = true;
         }
-        mount_one(m, rootfs)?;
+        mount_one(m, rootfs, k)?;
     }
     if dev_is_tmpfs {
         for name in DEFAULT_DEVICES {
@@ -164,7 +167,7 @@ pub fn setup_rootfs(spec: &protos::oci::Spec, rootfs: &Path) -> io::Result<()> {
             if !dest.exists() {
                 std::fs::File::create(&dest)?;
             }
-            mount(Some(&Path::new("/dev").join(name)), &dest, None, libc::MS_BIND, None)?;
+            k.mount(Some(&Path::new("/dev").join(name)), &dest, None, libc::MS_BIND, None)?;
         }
         for (link, target) in [
             ("fd", "/proc/self/fd"),
@@ -181,27 +184,31 @@ pub fn setup_rootfs(spec: &protos::oci::Spec, rootfs: &Path) -> io::Result<()> {
     }
     if let Some(l) = linux {
         for d in &l.Devices {
-            create_device(d, rootfs)?;
+            create_device(d, rootfs, k)?;
         }
     }
 
-    pivot_root(rootfs)?;
+    k.pivot_root(rootfs)
+}
 
-    if let Some(l) = linux {
+/// After sysctls are written (as runc orders it): masked and readonly
+/// paths, then the readonly rootfs.
+pub fn finalize_rootfs(spec: &protos::oci::Spec, root: &Path, k: &dyn Kernel) -> io::Result<()> {
+    if let Some(l) = spec.Linux.as_ref() {
         for p in &l.MaskedPaths {
-            mask_path(p)?;
+            mask_path(root, p, k)?;
         }
         for p in &l.ReadonlyPaths {
-            readonly_path(p)?;
+            readonly_path(root, p, k)?;
         }
     }
     if spec.Root.as_ref().is_some_and(|r| r.Readonly) {
-        mount(None, Path::new("/"), None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, None)?;
+        k.mount(None, root, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY, None)?;
     }
     Ok(())
 }
 
-fn mount_one(m: &protos::oci::Mount, rootfs: &Path) -> io::Result<()> {
+fn mount_one(m: &protos::oci::Mount, rootfs: &Path, k: &dyn Kernel) -> io::Result<()> {
     let dest = resolve_in_root(rootfs, &m.destination)?;
     let opts = parse_options(&m.options);
     let data = opts.data.join(",");
@@ -220,34 +227,34 @@ fn mount_one(m: &protos::oci::Mount, rootfs: &Path) -> io::Result<()> {
             }
         }
         let rec = if opts.recursive { libc::MS_REC } else { 0 };
-        mount(Some(&src), &dest, None, libc::MS_BIND | rec, None)?;
+        k.mount(Some(&src), &dest, None, libc::MS_BIND | rec, None)?;
         // Flags other than the bind itself need a remount of the new bind.
         let flags = opts.flags & !libc::MS_REMOUNT;
         if flags != 0 {
-            mount(None, &dest, None, libc::MS_BIND | libc::MS_REMOUNT | flags, None)?;
+            k.mount(None, &dest, None, libc::MS_BIND | libc::MS_REMOUNT | flags, None)?;
         }
     } else if m.type_ == "cgroup" || m.type_ == "cgroup2" {
         std::fs::create_dir_all(&dest)?;
         let ro = opts.flags & libc::MS_RDONLY;
         if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-            mount(Some(Path::new("cgroup2")), &dest, Some("cgroup2"), opts.flags, None)?;
+            k.mount(Some(Path::new("cgroup2")), &dest, Some("cgroup2"), opts.flags, None)?;
         } else {
             // v1 host: show the hierarchies read-only as they are.
-            mount(Some(Path::new("/sys/fs/cgroup")), &dest, None, libc::MS_BIND | libc::MS_REC, None)?;
-            mount(None, &dest, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | ro, None)?;
+            k.mount(Some(Path::new("/sys/fs/cgroup")), &dest, None, libc::MS_BIND | libc::MS_REC, None)?;
+            k.mount(None, &dest, None, libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | ro, None)?;
         }
     } else {
         std::fs::create_dir_all(&dest)?;
         let src = if m.source.is_empty() { m.type_.clone() } else { m.source.clone() };
-        mount(Some(Path::new(&src)), &dest, Some(&m.type_), opts.flags, Some(&data))?;
+        k.mount(Some(Path::new(&src)), &dest, Some(&m.type_), opts.flags, Some(&data))?;
     }
     for p in &opts.propagation {
-        mount(None, &dest, None, *p, None)?;
+        k.mount(None, &dest, None, *p, None)?;
     }
     Ok(())
 }
 
-fn create_device(d: &protos::oci::LinuxDevice, rootfs: &Path) -> io::Result<()> {
+fn create_device(d: &protos::oci::LinuxDevice, rootfs: &Path, k: &dyn Kernel) -> io::Result<()> {
     let dest = resolve_in_root(rootfs, &d.Path)?;
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)?;
@@ -264,54 +271,28 @@ fn create_device(d: &protos::oci::LinuxDevice, rootfs: &Path) -> io::Result<()> 
         }
     };
     let mode = if d.FileMode == 0 { 0o666 } else { d.FileMode & 0o7777 };
-    let c = cstr(&dest)?;
-    let dev = libc::makedev(d.Major as u32, d.Minor as u32);
-    // SAFETY: valid C string.
-    if unsafe { libc::mknod(c.as_ptr(), kind | mode, dev) } != 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EEXIST) {
-            return Err(io::Error::new(err.kind(), format!("mknod {}: {err}", dest.display())));
-        }
-    }
-    // SAFETY: valid C string.
-    unsafe { libc::chown(c.as_ptr(), d.UID, d.GID) };
+    k.mknod(&dest, kind | mode, libc::makedev(d.Major as u32, d.Minor as u32))?;
+    k.chown(&dest, d.UID, d.GID)?;
     Ok(())
 }
 
-fn pivot_root(rootfs: &Path) -> io::Result<()> {
-    std::env::set_current_dir(rootfs)?;
-    let dot = CString::new(".").expect("static");
-    // SAFETY: pivot_root(".", ".") stacks the old root under the new one.
-    if unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } != 0 {
-        let err = io::Error::last_os_error();
-        return Err(io::Error::new(err.kind(), format!("pivot_root {}: {err}", rootfs.display())));
-    }
-    // Keep the old root's unmount from propagating anywhere, then drop it.
-    mount(None, Path::new("."), None, libc::MS_SLAVE | libc::MS_REC, None)?;
-    // SAFETY: valid C string.
-    if unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    std::env::set_current_dir("/")
-}
-
-fn mask_path(p: &str) -> io::Result<()> {
-    let dest = resolve_in_root(Path::new("/"), p)?;
+fn mask_path(root: &Path, p: &str, k: &dyn Kernel) -> io::Result<()> {
+    let dest = resolve_in_root(root, p)?;
     match std::fs::metadata(&dest) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
-        Ok(meta) if meta.is_dir() => mount(Some(Path::new("tmpfs")), &dest, Some("tmpfs"), libc::MS_RDONLY, None),
-        Ok(_) => mount(Some(Path::new("/dev/null")), &dest, None, libc::MS_BIND, None),
+        Ok(meta) if meta.is_dir() => k.mount(Some(Path::new("tmpfs")), &dest, Some("tmpfs"), libc::MS_RDONLY, None),
+        Ok(_) => k.mount(Some(Path::new("/dev/null")), &dest, None, libc::MS_BIND, None),
     }
 }
 
-fn readonly_path(p: &str) -> io::Result<()> {
-    let dest = resolve_in_root(Path::new("/"), p)?;
+fn readonly_path(root: &Path, p: &str, k: &dyn Kernel) -> io::Result<()> {
+    let dest = resolve_in_root(root, p)?;
     if !dest.exists() {
         return Ok(());
     }
-    mount(Some(&dest), &dest, None, libc::MS_BIND | libc::MS_REC, None)?;
-    mount(
+    k.mount(Some(&dest), &dest, None, libc::MS_BIND | libc::MS_REC, None)?;
+    k.mount(
         None,
         &dest,
         None,
@@ -337,6 +318,136 @@ mod tests {
         assert!(b.bind && b.recursive);
         assert_eq!(b.flags, libc::MS_RDONLY);
         assert_eq!(b.propagation, vec![libc::MS_PRIVATE | libc::MS_REC]);
+    }
+
+    /// Records every kernel call as a line, with paths relative to `root`.
+    struct Recorder {
+        root: PathBuf,
+        ops: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl Recorder {
+        fn rel(&self, p: &Path) -> String {
+            p.strip_prefix(&self.root).map(|r| format!("/{}", r.display())).unwrap_or_else(|_| p.display().to_string())
+        }
+    }
+
+    impl Kernel for Recorder {
+        fn mount(
+            &self,
+            src: Option<&Path>,
+            dest: &Path,
+            fstype: Option<&str>,
+            flags: libc::c_ulong,
+            data: Option<&str>,
+        ) -> io::Result<()> {
+            let src = src.map(|s| self.rel(s)).unwrap_or_else(|| "-".into());
+            self.ops.borrow_mut().push(format!(
+                "mount {src} {} {} {flags:#x} {}",
+                self.rel(dest),
+                fstype.unwrap_or("-"),
+                data.unwrap_or("")
+            ));
+            Ok(())
+        }
+        fn pivot_root(&self, new_root: &Path) -> io::Result<()> {
+            self.ops.borrow_mut().push(format!("pivot_root {}", self.rel(new_root)));
+            Ok(())
+        }
+        fn mknod(&self, path: &Path, mode: libc::mode_t, dev: libc::dev_t) -> io::Result<()> {
+            self.ops.borrow_mut().push(format!("mknod {} {mode:o} {dev}", self.rel(path)));
+            Ok(())
+        }
+        fn chown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+            self.ops.borrow_mut().push(format!("chown {} {uid}:{gid}", self.rel(path)));
+            Ok(())
+        }
+    }
+
+    fn m(dest: &str, typ: &str, src: &str, opts: &[&str]) -> protos::oci::Mount {
+        protos::oci::Mount {
+            destination: dest.into(),
+            type_: typ.into(),
+            source: src.into(),
+            options: opts.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rootfs_setup_mounts_in_order_with_flags_and_never_outside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        let vol = dir.path().join("vol");
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        std::fs::create_dir_all(&vol).unwrap();
+        std::fs::create_dir_all(root.join("proc/acpi")).unwrap();
+        std::fs::write(root.join("proc/kcore"), "").unwrap();
+        // A hostile symlink: /data -> /etc on the host must land in the root.
+        std::os::unix::fs::symlink("/etc", root.join("data")).unwrap();
+        let mut linux = protos::oci::Linux::new();
+        linux.RootfsPropagation = "rprivate".into();
+        linux.Devices = vec![protos::oci::LinuxDevice {
+            Path: "/dev/fuse".into(),
+            Type: "c".into(),
+            Major: 10,
+            Minor: 229,
+            UID: 5,
+            GID: 6,
+            ..Default::default()
+        }];
+        linux.MaskedPaths = vec!["/proc/kcore".into(), "/proc/acpi".into(), "/proc/absent".into()];
+        linux.ReadonlyPaths = vec!["/proc".into()];
+        let spec = protos::oci::Spec {
+            Root: Some(protos::oci::Root { Path: root.display().to_string(), Readonly: true, ..Default::default() })
+                .into(),
+            Mounts: vec![
+                m("/proc", "proc", "proc", &[]),
+                m("/dev", "tmpfs", "tmpfs", &["nosuid", "mode=755"]),
+                m("/data/app", "bind", vol.to_str().unwrap(), &["rbind", "ro", "rprivate"]),
+            ],
+            Linux: Some(linux).into(),
+            ..Default::default()
+        };
+        let k = Recorder { root: root.clone(), ops: Default::default() };
+        setup_rootfs(&spec, &root, &k).unwrap();
+        finalize_rootfs(&spec, &root, &k).unwrap();
+        let ops = k.ops.into_inner();
+        let vol_s = vol.display().to_string();
+        let expected = [
+            format!("mount - / - {:#x} ", libc::MS_PRIVATE | libc::MS_REC),
+            format!("mount / / - {:#x} ", libc::MS_BIND | libc::MS_REC),
+            "mount proc /proc proc 0x0 ".to_string(),
+            format!("mount tmpfs /dev tmpfs {:#x} mode=755", libc::MS_NOSUID),
+            format!("mount {vol_s} /etc/app - {:#x} ", libc::MS_BIND | libc::MS_REC),
+            format!("mount - /etc/app - {:#x} ", libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY),
+            format!("mount - /etc/app - {:#x} ", libc::MS_PRIVATE | libc::MS_REC),
+        ];
+        assert_eq!(ops[..expected.len()], expected[..], "{ops:#?}");
+        let rest = &ops[expected.len()..];
+        // Default devices are bind-mounted from the host into the /dev tmpfs.
+        assert!(
+            rest.iter().any(|o| o.starts_with(&format!("mount /dev/null /dev/null - {:#x}", libc::MS_BIND))),
+            "{rest:#?}"
+        );
+        let i_mknod = rest.iter().position(|o| o.starts_with("mknod /dev/fuse")).unwrap();
+        assert_eq!(rest[i_mknod], format!("mknod /dev/fuse {:o} {}", libc::S_IFCHR | 0o666, libc::makedev(10, 229)));
+        assert_eq!(rest[i_mknod + 1], "chown /dev/fuse 5:6");
+        assert_eq!(rest[i_mknod + 2], "pivot_root /");
+        let tail: Vec<&str> = rest[i_mknod + 3..].iter().map(String::as_str).collect();
+        let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+        assert_eq!(
+            tail,
+            vec![
+                format!("mount /dev/null /proc/kcore - {:#x} ", libc::MS_BIND).as_str(),
+                format!("mount tmpfs /proc/acpi tmpfs {:#x} ", libc::MS_RDONLY).as_str(),
+                format!("mount /proc /proc - {:#x} ", libc::MS_BIND | libc::MS_REC).as_str(),
+                format!("mount - /proc - {:#x} ", ro | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC).as_str(),
+                format!("mount - / - {ro:#x} ").as_str(),
+            ]
+        );
+        assert!(root.join("etc/app").is_dir(), "bind target created inside the root");
+        assert!(!Path::new("/etc/app").exists());
     }
 
     #[test]

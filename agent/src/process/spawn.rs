@@ -65,13 +65,21 @@ pub fn spawn_init(reaper: &Reaper, cfg: &InitConfig, stdio: ChildStdio) -> Resul
     // Close our copies of the child's ends now, so EOFs are seen correctly.
     drop(cmd);
     drop(theirs);
-    let (_child, _intermediate_exit) = spawned.map_err(|e| io_err("spawn container init", e))?;
+    let (child, _intermediate_exit) = spawned.map_err(|e| io_err("spawn container init", e))?;
 
     ours.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(|e| io_err("socket timeout", e))?;
     let mut writer = ours.try_clone().map_err(|e| io_err("socket clone", e))?;
     let mut reader = BufReader::new(ours);
     protocol::send(&mut writer, cfg).map_err(|e| io_err("send init config", e))?;
-    let pid = match protocol::recv::<_, Report>(&mut reader).map_err(|e| io_err("read init pid", e))? {
+    let mut first = protocol::recv::<_, Report>(&mut reader).map_err(|e| io_err("read init pid", e))?;
+    if first == Some(Report::NeedIdMaps) {
+        let proc_dir = std::path::PathBuf::from(format!("/proc/{}", child.id()));
+        std::fs::write(proc_dir.join("uid_map"), &cfg.uid_map).map_err(|e| io_err("write uid_map", e))?;
+        std::fs::write(proc_dir.join("gid_map"), &cfg.gid_map).map_err(|e| io_err("write gid_map", e))?;
+        protocol::send(&mut writer, &protocol::MAPPED).map_err(|e| io_err("send mapped", e))?;
+        first = protocol::recv::<_, Report>(&mut reader).map_err(|e| io_err("read init pid", e))?;
+    }
+    let pid = match first {
         Some(Report::Pid(pid)) => pid,
         Some(Report::Error(e)) => return Err(e),
         other => return Err(format!("container init: unexpected message {other:?}")),

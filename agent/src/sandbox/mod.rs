@@ -151,6 +151,8 @@ impl Sandbox {
             namespaces,
             cgroup_procs: Vec::new(),
             hostname: (!req.hostname.is_empty()).then(|| req.hostname.clone()),
+            uid_map: String::new(),
+            gid_map: String::new(),
         };
         let (agent_io, child_io) = stdio::pipes().map_err(|e| RuntimeError::Internal(format!("stdio: {e}")))?;
         let r = self.reaper.clone();

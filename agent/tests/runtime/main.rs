@@ -53,3 +53,80 @@ mod cgroups;
 mod confinement;
 mod load;
 mod stdio;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_dns_storages_and_hostile_storage_paths() {
+    use protos::agent::{CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, Storage};
+    if !prerequisites() {
+        return;
+    }
+    let mut rt = Rt::start().await;
+    let d = rt.dir.path().to_path_buf();
+    std::fs::create_dir_all(d.join("src")).unwrap();
+    std::fs::write(d.join("src/file"), "data").unwrap();
+    let storage = |driver: &str, source: &str, mp: &std::path::Path, opts: &[&str]| Storage {
+        driver: driver.into(),
+        source: source.into(),
+        mount_point: mp.display().to_string(),
+        options: opts.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let req = CreateSandboxRequest {
+        sandbox_id: "sb".into(),
+        dns: vec!["nameserver 10.0.0.1".into(), "search example.test".into()],
+        storages: vec![
+            storage("local", "", &d.join("vol1"), &[]),
+            storage("bind", d.join("src").to_str().unwrap(), &d.join("bound"), &["ro"]),
+        ],
+        ..Default::default()
+    };
+    rt.client.create_sandbox(harness::ctx(), &req).await.unwrap();
+    let again = rt.client.create_sandbox(harness::ctx(), &req).await.unwrap_err();
+    assert!(format!("{again:?}").contains("ALREADY_EXISTS"), "{again:?}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("run/sandbox/resolv.conf")).unwrap(),
+        "nameserver 10.0.0.1\nsearch example.test\n"
+    );
+    assert!(d.join("vol1").is_dir());
+    assert_eq!(std::fs::read_to_string(d.join("bound/file")).unwrap(), "data");
+    assert!(std::fs::write(d.join("bound/new"), "x").is_err(), "read-only bind storage accepted a write");
+
+    // Hostile storages are refused before anything is created.
+    for (driver, mp) in
+        [("local", "/proc/evil"), ("local", "/run/../etc/x"), ("9p", "/run/cvm-x"), ("local", "relative")]
+    {
+        let bad = CreateContainerRequest {
+            container_id: "c".into(),
+            storages: vec![storage(driver, "", std::path::Path::new(mp), &[])],
+            OCI: Some(spec(&rt.rootfs("c"), &["true"])).into(),
+            ..Default::default()
+        };
+        let e = rt.client.create_container(harness::ctx(), &bad).await.unwrap_err();
+        assert!(format!("{e:?}").contains("INVALID_ARGUMENT"), "{driver} {mp}: {e:?}");
+    }
+    let bad_id = rt.create("../../etc", spec(&rt.rootfs("c"), &["true"])).await.unwrap_err();
+    assert!(format!("{bad_id:?}").contains("invalid container id"), "{bad_id:?}");
+
+    rt.client.destroy_sandbox(harness::ctx(), &DestroySandboxRequest::new()).await.unwrap();
+    rt.agent.wait_exit(std::time::Duration::from_secs(20));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(d.join("bound").to_str().unwrap()), "bind storage still mounted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_but_never_started_container_is_removed_cleanly() {
+    if !prerequisites() {
+        return;
+    }
+    let rt = Rt::start().await;
+    rt.create_sandbox("sb", false).await;
+    rt.create("idle", spec(&rt.rootfs("idle"), &["sh", "-c", "echo must-not-run"])).await.unwrap();
+    let dup = rt.create("idle", spec(&rt.rootfs("idle2"), &["true"])).await.unwrap_err();
+    assert!(format!("{dup:?}").contains("ALREADY_EXISTS"), "{dup:?}");
+    let cg = rt.cgroup_dir("sb", "idle", "pids");
+    assert!(cg.exists());
+    rt.remove("idle").await.unwrap();
+    assert!(!cg.exists(), "cgroup left behind");
+    let again = rt.start_c("idle").await.unwrap_err();
+    assert!(format!("{again:?}").contains("NOT_FOUND"), "{again:?}");
+}
