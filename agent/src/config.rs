@@ -7,7 +7,8 @@
 //! an unknown `agent.*` key is only logged, never fatal.
 //!
 //! `agent.config_file=PATH` names a TOML file in the image whose keys
-//! (`server_addr`, `log_level`, `debug_console`, `unified_cgroup_hierarchy`)
+//! (`server_addr`, `log_level`, `debug_console`, `unified_cgroup_hierarchy`,
+//! `log_vport`)
 //! sit below the kernel parameters: a key given on the command line wins.
 //! PID 1 settings (`InitParams`): cgroup v2 unless
 //! `agent.unified_cgroup_hierarchy=0`; the debug console off unless
@@ -61,6 +62,8 @@ pub struct KernelParams {
     pub debug_console: Option<bool>,
     /// `agent.unified_cgroup_hierarchy=BOOL` (false selects cgroup v1).
     pub unified_cgroup_hierarchy: Option<bool>,
+    /// `agent.log_vport=PORT`: also send logs to the host on this vsock port.
+    pub log_vport: Option<u32>,
     /// Keys we saw but do not act on (yet), kept for one log line at start-up.
     pub ignored: Vec<String>,
 }
@@ -88,6 +91,10 @@ impl KernelParams {
                     Some(b) => params.unified_cgroup_hierarchy = Some(b),
                     None => params.ignored.push(word.to_owned()),
                 },
+                "log_vport" => match value.parse::<u32>() {
+                    Ok(p) if p > 0 => params.log_vport = Some(p),
+                    _ => params.ignored.push(word.to_owned()),
+                },
                 _ => params.ignored.push(word.to_owned()),
             }
         }
@@ -105,6 +112,7 @@ impl KernelParams {
         self.log_level = self.log_level.or(file.log_level);
         self.debug_console = self.debug_console.or(file.debug_console);
         self.unified_cgroup_hierarchy = self.unified_cgroup_hierarchy.or(file.unified_cgroup_hierarchy);
+        self.log_vport = self.log_vport.or(file.log_vport);
         self
     }
 
@@ -113,6 +121,7 @@ impl KernelParams {
         InitParams {
             cgroup_v1: self.unified_cgroup_hierarchy == Some(false),
             debug_console: self.debug_console.unwrap_or(false),
+            log_vport: self.log_vport,
         }
     }
 }
@@ -131,6 +140,7 @@ fn parse_bool(value: &str) -> Option<bool> {
 pub struct InitParams {
     pub cgroup_v1: bool,
     pub debug_console: bool,
+    pub log_vport: Option<u32>,
 }
 
 /// Largest agent config file read (it is a handful of keys).
@@ -145,6 +155,7 @@ pub struct FileConfig {
     pub log_level: Option<LogLevel>,
     pub debug_console: Option<bool>,
     pub unified_cgroup_hierarchy: Option<bool>,
+    pub log_vport: Option<u32>,
 }
 
 fn de_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<LogLevel>, D::Error> {
@@ -252,9 +263,12 @@ mod tests {
 
     #[test]
     fn init_params_default_to_cgroup_v2_and_no_debug_console() {
-        assert_eq!(KernelParams::parse("quiet").init_params(), InitParams { cgroup_v1: false, debug_console: false });
-        let k = KernelParams::parse("agent.unified_cgroup_hierarchy=0 agent.debug_console");
-        assert_eq!(k.init_params(), InitParams { cgroup_v1: true, debug_console: true });
+        assert_eq!(KernelParams::parse("quiet").init_params(), InitParams::default());
+        let k = KernelParams::parse("agent.unified_cgroup_hierarchy=0 agent.debug_console agent.log_vport=1025");
+        assert_eq!(k.init_params(), InitParams { cgroup_v1: true, debug_console: true, log_vport: Some(1025) });
+        let k = KernelParams::parse("agent.log_vport=0 agent.log_vport=x");
+        assert_eq!(k.init_params().log_vport, None);
+        assert_eq!(k.ignored.len(), 2);
         let k = KernelParams::parse("agent.unified_cgroup_hierarchy=maybe agent.debug_console=off");
         assert_eq!(k.init_params(), InitParams::default());
         assert_eq!(k.ignored, vec!["agent.unified_cgroup_hierarchy=maybe".to_owned()]);

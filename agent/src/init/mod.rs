@@ -7,6 +7,7 @@
 //! never let PID 1 exit, return into the kernel or unwind: every fatal path ends
 //! in [`power_off`], which does not return.
 
+pub mod log_port;
 pub mod modules;
 pub mod mounts;
 pub mod net;
@@ -52,6 +53,13 @@ pub fn late_boot(params: &InitParams) -> Result<(), InitError> {
     mounts::mount_cgroups(params.cgroup_v1)?;
     let loaded = modules::load_from_image(std::path::Path::new(modules::MODULES_DIR))?;
     net::bring_up_loopback()?;
+    if let Some(port) = params.log_vport {
+        // Logs still reach the console; a missing log port is not fatal.
+        match log_port::start(port) {
+            Ok(()) => tracing::info!(port, "init: copying logs to vsock port"),
+            Err(err) => tracing::warn!(port, %err, "init: cannot listen on the log vsock port"),
+        }
+    }
     tracing::info!(
         kernel_uptime_s = kernel_uptime().as_deref().unwrap_or("?"),
         modules = loaded,

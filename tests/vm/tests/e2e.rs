@@ -9,9 +9,14 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
+
 use vm_harness::{default_image_dir, scenario, Vm, VmSpec};
 
 static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Guest vsock port for `agent.log_vport`.
+const LOG_PORT: u32 = 1025;
 
 /// Generous: TCG on a loaded 2-core CI machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -34,7 +39,8 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn boots_as_pid1_and_answers_over_hybrid_vsock() {
-    let Some(spec) = spec_or_skip("boots_as_pid1_and_answers_over_hybrid_vsock") else { return };
+    let Some(mut spec) = spec_or_skip("boots_as_pid1_and_answers_over_hybrid_vsock") else { return };
+    spec.extra_cmdline.push(format!("agent.log_vport={LOG_PORT}"));
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut vm = Vm::launch(&spec, false).unwrap();
     runtime().block_on(async {
@@ -43,6 +49,23 @@ fn boots_as_pid1_and_answers_over_hybrid_vsock() {
         let client = vm.agent_target().connect(Duration::from_secs(5)).await.unwrap();
         let version = cvm_agent::ctl::call_on(&client, "Version", "{}", Duration::from_secs(10)).await.unwrap();
         assert!(version.contains("agent_version"), "{version}");
+        // agent.log_vport: attach to the log port, make the agent log, read the line.
+        let mut logs = cvm_agent::transport::hybrid_vsock_connect(&vm.vsock_socket, LOG_PORT, Duration::from_secs(5))
+            .await
+            .expect("log vsock port");
+        let body = r#"{"sandbox_id":"logs","hostname":"log-port-check"}"#;
+        cvm_agent::ctl::call_on(&client, "CreateSandbox", body, Duration::from_secs(30)).await.unwrap();
+        let seen = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut text = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&text).contains("log-port-check") {
+                let n = logs.read(&mut buf).await.expect("reading the log port");
+                assert!(n > 0, "log port closed");
+                text.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await;
+        assert!(seen.is_ok(), "the CreateSandbox log line never reached the log port");
         // Unknown guest ports are refused by the multiplexer, not hung.
         let other = vm.agent_target();
         let refused = cvm_agent::ctl::Target { hybrid_vsock_port: Some(4242), ..other };
