@@ -18,7 +18,7 @@ ours=$("$vm" boot-time --runs "$runs" | tee /dev/stderr | grep '^boot time')
 peer=$("$vm" --kernel "/boot/vmlinuz-$kver" boot-time --runs "$runs" | tee /dev/stderr | grep '^boot time')
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 accel=$(sed -n 's/^boot time (\([a-z]*\)).*/\1/p' <<<"$ours")
-med() { sed -n 's/.*median \([0-9.]*\) s.*/\1/p' <<<"$1"; }
+med() { sed -n 's/^boot time ([a-z]*): median \([0-9.]*\) s.*/\1/p' <<<"$1"; }
 rng() { sed -n 's/.*min \([0-9.]*\) s, max \([0-9.]*\) s.*/\1 \2/p' <<<"$1"; }
 cpu() { sed -n 's/.*QEMU CPU median \([0-9.]*\) s.*/\1/p' <<<"$1"; }
 m_ours=$(med "$ours"); m_peer=$(med "$peer"); c_ours=$(cpu "$ours"); c_peer=$(cpu "$peer")
