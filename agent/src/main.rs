@@ -87,12 +87,14 @@ fn run(args: Args, pid1: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // DestroySandbox requests it; after the server stops, `is_requested()`
+    // tells a requested shutdown from a signal.
+    let shutdown = cvm_agent::shutdown::Shutdown::new();
     let result = runtime.block_on(async {
         let stop = cvm_agent::server::termination_signal()?;
         // As PID 1 this also reaps every orphan re-parented to the VM's init.
         let reaper = cvm_agent::reaper::Reaper::start().context("cannot start the child reaper")?;
-        let shutdown = cvm_agent::shutdown::Shutdown::new();
-        cvm_agent::server::serve_until(&config, shutdown, reaper, stop).await
+        cvm_agent::server::serve_until(&config, shutdown.clone(), reaper, stop).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

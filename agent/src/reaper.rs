@@ -103,6 +103,11 @@ impl Reaper {
 
     /// Spawns `cmd` and registers its pid before any reap can observe it.
     /// The returned `Child` must never be waited on; use the waiter.
+    ///
+    /// The table lock is held across the fork on purpose: when exec fails,
+    /// std's spawn waits for the child itself and treats ECHILD (a reap by us
+    /// in between) as a bug, which would abort the agent. The fork+exec of
+    /// the small static init takes about a millisecond.
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<(std::process::Child, ExitWaiter)> {
         let mut table = self.lock();
         let child = cmd.spawn()?;

@@ -27,6 +27,10 @@ W=$(mktemp -d /tmp/bench-runtime.XXXXXX)
 agent_pid=
 cleanup() {
   [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null || true
+  # The (empty) cgroup directories the agent made under its parent.
+  for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
+    [ -d "${h}cvm-bench" ] && find "${h}cvm-bench" -depth -type d -exec rmdir {} + 2>/dev/null
+  done
   rm -rf "$W"
 }
 trap cleanup EXIT

@@ -10,6 +10,17 @@ import time
 work, doc, commit, load_before, load_after, elapsed, crun_v, runc_v, runs = sys.argv[1:10]
 
 
+def os_name():
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return platform.system()
+
+
 def load(name):
     with open(os.path.join(work, name + ".us")) as f:
         return [int(l) / 1000.0 for l in f if l.strip()]
@@ -29,7 +40,7 @@ lines = [
     f"Written by `tests/bench/runtime.sh` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
     "Reproduce with `make bench-runtime` (root; installs nothing itself: `make deps` brings crun, runc, busybox-static).",
     "",
-    f"- **Machine:** {platform.node() and 'Debian 12'}, {os.cpu_count()} cores, Linux {platform.release()}; "
+    f"- **Machine:** {os_name()}, {os.cpu_count()} cores, Linux {platform.release()}; "
     f"load average before / after: {load_before} / {load_after}. Shared with other builds.",
     "- **Workload:** one bundle for all three: busybox-static rootfs (read-only), `runc spec` defaults "
     "(new pid, network, ipc, uts, mount namespaces; proc, dev, devpts, shm, mqueue, sysfs, cgroup mounts; masked and "

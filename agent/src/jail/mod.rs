@@ -33,6 +33,10 @@ pub fn main() -> ExitCode {
     // SAFETY: the agent placed the socketpair end at SYNC_FD; we own it now.
     let sock = unsafe { UnixStream::from_raw_fd(SYNC_FD) };
     set_cloexec(SYNC_FD);
+    // Whatever else the agent may have leaked without O_CLOEXEC never reaches
+    // the workload: mark every fd above the socket close-on-exec.
+    // SAFETY: close_range with the CLOEXEC flag only changes fd flags.
+    unsafe { libc::syscall(libc::SYS_close_range, SYNC_FD as u32 + 1, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
     let Ok(read_half) = sock.try_clone() else { return ExitCode::from(120) };
     let mut reader = BufReader::new(read_half);
     let mut writer = sock;

@@ -51,6 +51,8 @@ impl RuntimeConfig {
 struct SandboxState {
     id: Option<String>,
     pause: Option<Arc<Process>>,
+    /// The holder's own leaf cgroup (`.pause` can never be a container id).
+    pause_cgroup: Option<crate::cgroups::ContainerCgroup>,
     shared: SharedNamespaces,
     storages: Vec<Prepared>,
 }
@@ -118,7 +120,7 @@ impl Sandbox {
         Ok(())
     }
 
-    async fn setup(&self, _id: &str, req: &protos::agent::CreateSandboxRequest) -> Result<()> {
+    async fn setup(&self, id: &str, req: &protos::agent::CreateSandboxRequest) -> Result<()> {
         let dir = self.config.run_dir.join("sandbox");
         std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::Internal(format!("{}: {e}", dir.display())))?;
         let mut resolv = String::new();
@@ -144,12 +146,17 @@ impl Sandbox {
         let mut process = protos::oci::Process::new();
         process.Args = vec!["pause".into()];
         let spec = protos::oci::Spec { Process: Some(process).into(), ..Default::default() };
+        let pause_cgroup =
+            crate::cgroups::ContainerCgroup::create(&format!("{}/{id}/.pause", self.config.cgroup_parent), None)
+                .map_err(|e| RuntimeError::Internal(e.to_string()))?;
+        let cgroup_procs = pause_cgroup.procs_files();
+        lock(&self.state).pause_cgroup = Some(pause_cgroup);
         let cfg = InitConfig {
             mode: Mode::Pause,
             spec,
             rootfs: Default::default(),
             namespaces,
-            cgroup_procs: Vec::new(),
+            cgroup_procs,
             hostname: (!req.hostname.is_empty()).then(|| req.hostname.clone()),
             uid_map: String::new(),
             gid_map: String::new(),
@@ -182,19 +189,36 @@ impl Sandbox {
     async fn teardown(&self) {
         let all: Vec<Arc<Container>> =
             self.containers.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        // All containers at once: one slow container must not hold up the rest.
+        let mut removals = tokio::task::JoinSet::new();
         for c in all {
-            if let Err(e) = c.remove(Some(Duration::from_secs(10))).await {
-                tracing::warn!(container = %c.id, error = %e, "container did not go away cleanly");
-            }
-            self.containers.write().unwrap_or_else(|p| p.into_inner()).remove(&c.id);
+            removals.spawn(async move {
+                if let Err(e) = c.remove(Some(Duration::from_secs(10))).await {
+                    tracing::warn!(container = %c.id, error = %e, "container did not go away cleanly");
+                }
+                c.id.clone()
+            });
         }
-        let (pause, storages) = {
+        while let Some(done) = removals.join_next().await {
+            if let Ok(id) = done {
+                self.containers.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            }
+        }
+        let (pause, pause_cgroup, storages) = {
             let mut st = lock(&self.state);
-            (st.pause.take(), std::mem::take(&mut st.storages))
+            (st.pause.take(), st.pause_cgroup.take(), std::mem::take(&mut st.storages))
         };
         if let Some(p) = pause {
             let _ = p.signal(libc::SIGKILL);
             let _ = tokio::time::timeout(Duration::from_secs(5), p.wait()).await;
+        }
+        if let Some(cg) = pause_cgroup {
+            for _ in 0..100 {
+                if cg.delete().is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         for s in storages.iter().rev() {
             storage::undo(s);

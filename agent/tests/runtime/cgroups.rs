@@ -59,7 +59,9 @@ async fn a_pids_limit_is_enforced_and_update_changes_it() {
         .unwrap();
     let pids = stats.cgroup_stats.pids_stats.clone().unwrap();
     assert_eq!(pids.limit, 4);
-    assert!((1..=4).contains(&pids.current), "pids.current {} within the limit", pids.current);
+    // The shell may already have died of the failed fork (taking its PID
+    // namespace with it), so only the bound is certain.
+    assert!(pids.current <= 4, "pids.current {} within the limit", pids.current);
 
     let mut res = oci::LinuxResources::new();
     res.Pids = Some(oci::LinuxPids { Limit: 64, ..Default::default() }).into();

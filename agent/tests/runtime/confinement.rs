@@ -317,3 +317,51 @@ async fn seccomp_argument_conditions_select_by_value_and_mask() {
     let (out, err, _) = run_output(&rt, "args2", s).await;
     assert_eq!(out, "linux64-ok\nlinux32-denied\n", "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_specs_are_refused_or_contained() {
+    if !prerequisites() {
+        return;
+    }
+    let rt = Rt::start().await;
+    rt.create_sandbox("sb", false).await;
+    // A mount destination climbing out of the rootfs lands inside it.
+    let escape = format!("cvm-escape-{}", std::process::id());
+    let root = rt.rootfs("esc");
+    let mut s = spec(&root, &["sh", "-c", &format!("test -d /tmp/{escape} && echo inside")]);
+    let dest = format!("/../../../../tmp/{escape}");
+    s.Mounts.push(oci::Mount {
+        destination: dest,
+        type_: "tmpfs".into(),
+        source: "tmpfs".into(),
+        ..Default::default()
+    });
+    let (out, err, _) = run_output(&rt, "esc", s).await;
+    assert_eq!(out, "inside\n", "{err}");
+    assert!(!std::path::Path::new("/tmp").join(&escape).exists(), "mount target created on the host");
+
+    // A namespace path that is not a namespace.
+    let mut s = spec(&rt.rootfs("ns"), &["true"]);
+    s.Linux.as_mut().unwrap().Namespaces.push(oci::LinuxNamespace {
+        Type: "cgroup".into(),
+        Path: "/etc/hostname".into(),
+        ..Default::default()
+    });
+    let e = rt.create("ns", s).await.unwrap_err();
+    assert!(format!("{e:?}").contains("join cgroup namespace"), "{e:?}");
+
+    // No args, no rootfs, the host's root as rootfs, bad signals.
+    let mut s = spec(&rt.rootfs("noargs"), &[]);
+    s.Process.as_mut().unwrap().Args.clear();
+    assert!(format!("{:?}", rt.create("noargs", s).await.unwrap_err()).contains("INVALID_ARGUMENT"));
+    let s = spec(std::path::Path::new("/"), &["true"]);
+    assert!(format!("{:?}", rt.create("hostroot", s).await.unwrap_err()).contains("not a usable rootfs"));
+    rt.run("sig", spec(&rt.rootfs("sig"), &["sleep", "1000"])).await;
+    for bad in [0, 65, 1000] {
+        let e = rt.signal("sig", "", bad).await.unwrap_err();
+        assert!(format!("{e:?}").contains("INVALID_ARGUMENT"), "signal {bad}: {e:?}");
+    }
+    let e = rt.signal("sig", "no-such-exec", libc::SIGTERM).await.unwrap_err();
+    assert!(format!("{e:?}").contains("NOT_FOUND"), "{e:?}");
+    rt.remove("sig").await.unwrap();
+}

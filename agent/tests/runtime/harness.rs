@@ -191,6 +191,15 @@ impl Drop for Rt {
 }
 
 fn remove_cgroup_tree(dir: &Path) {
+    // Processes a failed test left behind (the agent was killed) go first.
+    if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|l| l.parse::<i32>().ok()) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if !procs.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             if e.file_type().is_ok_and(|t| t.is_dir()) {

@@ -13,8 +13,10 @@ async fn echo_output_exit_codes_and_sigkill() {
     let rt = Rt::start().await;
     rt.create_sandbox("sb", false).await;
     let root = rt.rootfs("c1");
-    rt.run("c1", spec(&root, &["sh", "-c", "echo hello from $(hostname); exit 3"])).await;
-    assert_eq!(rt.read_all("c1", "", false).await, "hello from pod-host\n");
+    rt.run("c1", spec(&root, &["sh", "-c", "echo hello from $(hostname); ls /proc/self/fd | tr '\\n' ' '; exit 3"]))
+        .await;
+    // Only stdio reaches the process (3 is `ls`'s own directory fd).
+    assert_eq!(rt.read_all("c1", "", false).await, "hello from pod-host\n0 1 2 3 ");
     assert_eq!(rt.wait("c1", "").await, 3);
     rt.remove("c1").await.unwrap();
 
@@ -23,6 +25,32 @@ async fn echo_output_exit_codes_and_sigkill() {
     rt.signal("c2", "", libc::SIGKILL).await.unwrap();
     assert_eq!(rt.wait("c2", "").await, 137);
     rt.remove("c2").await.unwrap();
+
+    // SIGTERM to a PID 1 without a handler would be ignored: kata sends SIGKILL.
+    rt.run("c3", spec(&rt.rootfs("c3"), &["sleep", "1000"])).await;
+    rt.signal("c3", "", libc::SIGTERM).await.unwrap();
+    assert_eq!(rt.wait("c3", "").await, 137);
+    // With a handler, SIGTERM is delivered as is.
+    rt.run("c4", spec(&rt.rootfs("c4"), &["sh", "-c", "trap 'exit 7' TERM; while true; do sleep 0.1; done"])).await;
+    // Wait until the shell has installed its trap (SigCgt bit of SIGTERM).
+    let procs = rt.cgroup_dir("sb", "c4", "pids").join("cgroup.procs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let pid = std::fs::read_to_string(&procs).unwrap().lines().next().unwrap_or("0").to_string();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught =
+            status.lines().find_map(|l| l.strip_prefix("SigCgt:")).and_then(|h| u64::from_str_radix(h.trim(), 16).ok());
+        if caught.is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "trap never installed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    rt.signal("c4", "", libc::SIGTERM).await.unwrap();
+    assert_eq!(rt.wait("c4", "").await, 7);
+    for id in ["c3", "c4"] {
+        rt.remove(id).await.unwrap();
+    }
     assert!(!rt.cgroup_dir("sb", "c2", "memory").exists(), "cgroup left behind");
 }
 
@@ -43,8 +71,10 @@ async fn destroy_sandbox_removes_everything_and_stops_the_agent() {
         .destroy_sandbox(harness::ctx(), &protos::agent::DestroySandboxRequest::new())
         .await
         .expect("DestroySandbox");
+    let pause = rt.cgroup_dir("sb", ".pause", "pids");
     let status = rt.agent.wait_exit(std::time::Duration::from_secs(20));
     assert!(status.success(), "agent exit after DestroySandbox: {status}");
+    assert!(!pause.exists(), "namespace holder's cgroup left behind");
     assert!(!cg.exists(), "container cgroup left behind");
     assert!(!std::path::Path::new(&format!("/proc/{}", pids[0])).exists(), "container process left behind");
 }
@@ -129,4 +159,37 @@ async fn a_created_but_never_started_container_is_removed_cleanly() {
     assert!(!cg.exists(), "cgroup left behind");
     let again = rt.start_c("idle").await.unwrap_err();
     assert!(format!("{again:?}").contains("NOT_FOUND"), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_share_the_sandbox_pid_namespace_when_asked() {
+    use protos::agent::CreateContainerRequest;
+    if !prerequisites() {
+        return;
+    }
+    let rt = Rt::start().await;
+    rt.create_sandbox("sb", true).await;
+    let shared = |id: &str, args: &[&str]| CreateContainerRequest {
+        container_id: id.into(),
+        exec_id: id.into(),
+        sandbox_pidns: true,
+        OCI: Some(spec(&rt.rootfs(id), args)).into(),
+        ..Default::default()
+    };
+    rt.client.create_container(harness::ctx(), &shared("a", &["sleep", "4242"])).await.unwrap();
+    rt.start_c("a").await.unwrap();
+    // PID 1 of the pod is the agent's namespace holder; `a` is visible from `b`.
+    let script = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done";
+    rt.client.create_container(harness::ctx(), &shared("b", &["sh", "-c", script])).await.unwrap();
+    rt.start_c("b").await.unwrap();
+    let out = rt.read_all("b", "", false).await;
+    assert!(out.lines().any(|l| l.trim() == "sleep 4242"), "b sees a: {out:?}");
+    assert_eq!(rt.wait("b", "").await, 0);
+    // A container without sandbox_pidns gets its own namespace.
+    rt.run("c", spec(&rt.rootfs("c"), &["sh", "-c", script])).await;
+    let out = rt.read_all("c", "", false).await;
+    assert!(!out.contains("sleep 4242"), "c must not see a: {out:?}");
+    for id in ["a", "b", "c"] {
+        rt.remove(id).await.unwrap();
+    }
 }

@@ -106,6 +106,21 @@ async fn a_blocked_read_does_not_delay_signal_or_remove_of_another_container() {
     });
     let client = rt.client.clone();
     let blocked_oom = tokio::spawn(async move { client.get_oom_event(ctx(), &GetOOMEventRequest::new()).await });
+    // And a storm of StatsContainer calls on the quiet container.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut storms = Vec::new();
+    for _ in 0..4 {
+        let (client, stop) = (rt.client.clone(), stop.clone());
+        storms.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let req = StatsContainerRequest { container_id: "quiet".into(), ..Default::default() };
+                client.stats_container(ctx(), &req).await.unwrap();
+                n += 1;
+            }
+            n
+        }));
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let t = std::time::Instant::now();
@@ -118,6 +133,12 @@ async fn a_blocked_read_does_not_delay_signal_or_remove_of_another_container() {
     rt.remove("other").await.unwrap();
     assert!(t.elapsed() < Duration::from_secs(3), "other container's requests took {:?}", t.elapsed());
     assert!(!blocked_read.is_finished() && !blocked_wait.is_finished());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut stats_calls = 0;
+    for s in storms {
+        stats_calls += s.await.unwrap();
+    }
+    assert!(stats_calls > 0);
 
     // Removing the quiet container ends its long polls: EOF and 137.
     rt.remove("quiet").await.unwrap();
