@@ -5,6 +5,14 @@
 //! `agent.log=`), the environment (`KATA_AGENT_SERVER_ADDR`), then flags.
 //! Kernel parameters come from the hypervisor command line; they are read but
 //! an unknown `agent.*` key is only logged, never fatal.
+//!
+//! `agent.config_file=PATH` names a TOML file in the image whose keys
+//! (`server_addr`, `log_level`, `debug_console`, `unified_cgroup_hierarchy`,
+//! `log_vport`)
+//! sit below the kernel parameters: a key given on the command line wins.
+//! PID 1 settings (`InitParams`): cgroup v2 unless
+//! `agent.unified_cgroup_hierarchy=0`; the debug console off unless
+//! `agent.debug_console` is given.
 
 use crate::transport::{AddrError, SockAddr};
 
@@ -48,6 +56,14 @@ pub enum LogFormat {
 pub struct KernelParams {
     pub server_addr: Option<String>,
     pub log_level: Option<LogLevel>,
+    /// `agent.config_file=PATH`: a TOML file in the image (see [`FileConfig`]).
+    pub config_file: Option<std::path::PathBuf>,
+    /// `agent.debug_console[=BOOL]`.
+    pub debug_console: Option<bool>,
+    /// `agent.unified_cgroup_hierarchy=BOOL` (false selects cgroup v1).
+    pub unified_cgroup_hierarchy: Option<bool>,
+    /// `agent.log_vport=PORT`: also send logs to the host on this vsock port.
+    pub log_vport: Option<u32>,
     /// Keys we saw but do not act on (yet), kept for one log line at start-up.
     pub ignored: Vec<String>,
 }
@@ -66,6 +82,19 @@ impl KernelParams {
                     Ok(level) => params.log_level = Some(level),
                     Err(_) => params.ignored.push(word.to_owned()),
                 },
+                "config_file" if !value.is_empty() => params.config_file = Some(value.into()),
+                "debug_console" => match parse_bool(value) {
+                    Some(b) => params.debug_console = Some(b),
+                    None => params.ignored.push(word.to_owned()),
+                },
+                "unified_cgroup_hierarchy" => match parse_bool(value) {
+                    Some(b) => params.unified_cgroup_hierarchy = Some(b),
+                    None => params.ignored.push(word.to_owned()),
+                },
+                "log_vport" => match value.parse::<u32>() {
+                    Ok(p) if p > 0 => params.log_vport = Some(p),
+                    _ => params.ignored.push(word.to_owned()),
+                },
                 _ => params.ignored.push(word.to_owned()),
             }
         }
@@ -75,6 +104,81 @@ impl KernelParams {
     /// Reads `/proc/cmdline`; a missing or unreadable file means no parameters.
     pub fn from_proc() -> Self {
         std::fs::read_to_string("/proc/cmdline").map(|s| Self::parse(&s)).unwrap_or_default()
+    }
+
+    /// Fills every key the command line left unset from `file`.
+    pub fn with_file_defaults(mut self, file: FileConfig) -> Self {
+        self.server_addr = self.server_addr.or(file.server_addr);
+        self.log_level = self.log_level.or(file.log_level);
+        self.debug_console = self.debug_console.or(file.debug_console);
+        self.unified_cgroup_hierarchy = self.unified_cgroup_hierarchy.or(file.unified_cgroup_hierarchy);
+        self.log_vport = self.log_vport.or(file.log_vport);
+        self
+    }
+
+    /// What PID 1 needs from the parameters.
+    pub fn init_params(&self) -> InitParams {
+        InitParams {
+            cgroup_v1: self.unified_cgroup_hierarchy == Some(false),
+            debug_console: self.debug_console.unwrap_or(false),
+            log_vport: self.log_vport,
+        }
+    }
+}
+
+/// kata's boolean parameter forms; a bare key (`agent.debug_console`) is true.
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "" | "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Settings PID 1 applies at boot.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct InitParams {
+    pub cgroup_v1: bool,
+    pub debug_console: bool,
+    pub log_vport: Option<u32>,
+}
+
+/// Largest agent config file read (it is a handful of keys).
+const CONFIG_FILE_MAX: u64 = 64 * 1024;
+
+/// The `agent.config_file` TOML. Unknown keys are refused by name.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub server_addr: Option<String>,
+    #[serde(default, deserialize_with = "de_level")]
+    pub log_level: Option<LogLevel>,
+    pub debug_console: Option<bool>,
+    pub unified_cgroup_hierarchy: Option<bool>,
+    pub log_vport: Option<u32>,
+}
+
+fn de_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<LogLevel>, D::Error> {
+    let s: Option<String> = serde::Deserialize::deserialize(d)?;
+    s.map(|s| s.parse().map_err(serde::de::Error::custom)).transpose()
+}
+
+impl FileConfig {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Reads and parses the file, bounded in size.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        use std::io::Read;
+        let bad = |reason: String| ConfigError::File { path: path.to_owned(), reason };
+        let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+        let mut text = String::new();
+        file.take(CONFIG_FILE_MAX + 1).read_to_string(&mut text).map_err(|e| bad(e.to_string()))?;
+        if text.len() as u64 > CONFIG_FILE_MAX {
+            return Err(bad(format!("larger than {CONFIG_FILE_MAX} bytes")));
+        }
+        Self::parse(&text).map_err(bad)
     }
 }
 
@@ -97,6 +201,8 @@ pub struct AgentConfig {
 pub enum ConfigError {
     #[error("server address from {source_name}: {err}")]
     ServerAddr { source_name: &'static str, err: AddrError },
+    #[error("agent config file {path}: {reason}")]
+    File { path: std::path::PathBuf, reason: String },
 }
 
 impl AgentConfig {
@@ -133,12 +239,11 @@ mod tests {
 
     #[test]
     fn kernel_params_are_read_and_unknown_ones_kept_aside() {
-        let k = KernelParams::parse(
-            "console=ttyS0 agent.server_addr=vsock://-1:2048 agent.log=debug agent.debug_console quiet",
-        );
+        let k =
+            KernelParams::parse("console=ttyS0 agent.server_addr=vsock://-1:2048 agent.log=debug agent.devmode quiet");
         assert_eq!(k.server_addr.as_deref(), Some("vsock://-1:2048"));
         assert_eq!(k.log_level, Some(LogLevel::Debug));
-        assert_eq!(k.ignored, vec!["agent.debug_console".to_owned()]);
+        assert_eq!(k.ignored, vec!["agent.devmode".to_owned()]);
     }
 
     #[test]
@@ -154,6 +259,43 @@ mod tests {
             AgentConfig::resolve(&k, None, &Overrides::default()).unwrap().server_addr.to_string(),
             "vsock://-1:1"
         );
+    }
+
+    #[test]
+    fn init_params_default_to_cgroup_v2_and_no_debug_console() {
+        assert_eq!(KernelParams::parse("quiet").init_params(), InitParams::default());
+        let k = KernelParams::parse("agent.unified_cgroup_hierarchy=0 agent.debug_console agent.log_vport=1025");
+        assert_eq!(k.init_params(), InitParams { cgroup_v1: true, debug_console: true, log_vport: Some(1025) });
+        let k = KernelParams::parse("agent.log_vport=0 agent.log_vport=x");
+        assert_eq!(k.init_params().log_vport, None);
+        assert_eq!(k.ignored.len(), 2);
+        let k = KernelParams::parse("agent.unified_cgroup_hierarchy=maybe agent.debug_console=off");
+        assert_eq!(k.init_params(), InitParams::default());
+        assert_eq!(k.ignored, vec!["agent.unified_cgroup_hierarchy=maybe".to_owned()]);
+    }
+
+    #[test]
+    fn config_file_sits_below_kernel_parameters() {
+        let file =
+            FileConfig::parse("server_addr = \"vsock://-1:9\"\nlog_level = \"debug\"\ndebug_console = true\n").unwrap();
+        let k = KernelParams::parse("agent.config_file=/etc/agent.toml agent.log=warn").with_file_defaults(file);
+        assert_eq!(k.config_file.as_deref(), Some(std::path::Path::new("/etc/agent.toml")));
+        assert_eq!(k.server_addr.as_deref(), Some("vsock://-1:9"));
+        assert_eq!(k.log_level, Some(LogLevel::Warn));
+        assert!(k.init_params().debug_console);
+    }
+
+    #[test]
+    fn config_file_refuses_unknown_keys_bad_values_and_huge_files() {
+        assert!(FileConfig::parse("sever_addr = \"x\"").unwrap_err().contains("sever_addr"));
+        assert!(FileConfig::parse("log_level = \"loud\"").unwrap_err().contains("loud"));
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, "#".repeat(CONFIG_FILE_MAX as usize + 1)).unwrap();
+        let err = FileConfig::load(&big).unwrap_err().to_string();
+        assert!(err.contains("big.toml") && err.contains("larger than"), "{err}");
+        let err = FileConfig::load(&dir.path().join("missing.toml")).unwrap_err().to_string();
+        assert!(err.contains("missing.toml"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod container;
 pub mod ctl;
 pub mod guest_details;
+pub mod init;
 pub mod jail;
 pub mod logging;
 pub mod mount;

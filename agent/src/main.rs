@@ -1,13 +1,16 @@
 //! `cvm-agent`: wires configuration, logging and the ttrpc server together.
+//! As PID 1 of the VM it first does the init duties (`cvm_agent::init`) and,
+//! whatever happens, ends by powering the VM off instead of exiting.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use cvm_agent::config::{AgentConfig, KernelParams, LogFormat, LogLevel, Overrides, SERVER_ADDR_ENV};
+use cvm_agent::config::{AgentConfig, FileConfig, KernelParams, LogFormat, LogLevel, Overrides, SERVER_ADDR_ENV};
+use cvm_agent::init;
 
 /// Guest agent of the confidential VM (kata agent protocol over ttrpc).
-#[derive(Debug, Parser)]
+#[derive(Debug, Default, Parser)]
 #[command(name = "cvm-agent", version)]
 struct Args {
     /// Listen address: vsock://CID:PORT (CID -1 = any) or unix:///path.
@@ -23,12 +26,36 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // Re-executed as a container init by the runtime (see `jail`).
+    // Re-executed as a container init by the runtime (see `jail`). Checked
+    // first: in its own pid namespace that process is PID 1 too.
     if cvm_agent::jail::is_init_invocation() {
         return cvm_agent::jail::main();
     }
-    let args = Args::parse();
-    let kernel = KernelParams::from_proc();
+    let pid1 = init::is_pid1();
+    if !pid1 {
+        return run(Args::parse(), false);
+    }
+    init::early_boot();
+    // The kernel passes unrecognised command-line words to init as arguments;
+    // PID 1 must not die on them.
+    let args = Args::try_parse().unwrap_or_else(|err| {
+        eprintln!("cvm-agent: ignoring init arguments: {}", err.kind());
+        Args::default()
+    });
+    let code = run(args, true);
+    init::power_off(if code == ExitCode::SUCCESS { "agent stopped" } else { "fatal error (see above)" })
+}
+
+fn run(args: Args, pid1: bool) -> ExitCode {
+    let mut kernel = KernelParams::from_proc();
+    let file_error = match kernel.config_file.clone().map(|p| FileConfig::load(&p)) {
+        Some(Ok(file)) => {
+            kernel = kernel.with_file_defaults(file);
+            None
+        }
+        Some(Err(err)) => Some(err),
+        None => None,
+    };
     let flags = Overrides { server_addr: args.server_addr, log_level: args.log_level, log_format: args.log_format };
     let config = match AgentConfig::resolve(&kernel, std::env::var(SERVER_ADDR_ENV).ok(), &flags) {
         Ok(c) => c,
@@ -38,12 +65,19 @@ fn main() -> ExitCode {
         }
     };
     cvm_agent::logging::init(config.log_level, config.log_format);
-    install_panic_logger();
+    install_panic_logger(pid1);
+    if let Some(err) = file_error {
+        tracing::error!(%err, "cannot use the agent config file");
+        return ExitCode::from(2);
+    }
     if !kernel.ignored.is_empty() {
         tracing::info!(params = ?kernel.ignored, "ignoring agent.* kernel parameters this agent does not handle");
     }
-    if std::process::id() == 1 {
-        tracing::warn!("running as PID 1; init duties (mounts, modules, reaping, power-off) are not implemented yet");
+    if pid1 {
+        if let Err(err) = init::late_boot(&kernel.init_params()) {
+            tracing::error!(%err, "init: boot failed");
+            return ExitCode::FAILURE;
+        }
     }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -58,6 +92,7 @@ fn main() -> ExitCode {
     let shutdown = cvm_agent::shutdown::Shutdown::new();
     let result = runtime.block_on(async {
         let stop = cvm_agent::server::termination_signal()?;
+        // As PID 1 this also reaps every orphan re-parented to the VM's init.
         let reaper = cvm_agent::reaper::Reaper::start().context("cannot start the child reaper")?;
         cvm_agent::server::serve_until(&config, shutdown.clone(), reaper, stop).await
     });
@@ -71,11 +106,15 @@ fn main() -> ExitCode {
 }
 
 /// Panics are bugs; in release builds they abort. Log them first so the
-/// console shows what happened.
-fn install_panic_logger() {
+/// console shows what happened; as PID 1, power off instead of aborting
+/// (an init that dies panics the kernel).
+fn install_panic_logger(pid1: bool) {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         tracing::error!(panic = %info, "agent bug: panic");
+        if pid1 {
+            init::power_off("agent bug: panic");
+        }
         default(info);
     }));
 }

@@ -1,0 +1,190 @@
+//! `cvm-vm`: boots the guest image under QEMU and drives the agent over hybrid
+//! vsock. `make vm` runs `cvm-vm boot`, `make demo` runs `cvm-vm demo`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use vm_harness::{default_image_dir, scenario, Accel, Confidential, Vm, VmSpec};
+
+#[derive(Debug, Parser)]
+#[command(name = "cvm-vm", version, about = "Boot the confidential VM guest image under QEMU and drive its agent")]
+struct Args {
+    /// Directory with `vmlinux` and `initramfs` (default: target/rootfs, or CVM_IMAGE_DIR).
+    #[arg(long, value_name = "DIR")]
+    image_dir: Option<PathBuf>,
+    /// Kernel to boot instead of DIR/vmlinux (e.g. /boot/vmlinuz-* to compare).
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+    /// Initramfs to boot instead of DIR/initramfs.
+    #[arg(long, value_name = "FILE")]
+    initrd: Option<PathBuf>,
+    /// Start an Intel TDX guest (needs a TDX host, KVM, a QEMU with tdx-guest and TDVF).
+    #[arg(long, conflicts_with = "snp")]
+    tdx: bool,
+    /// Start an AMD SEV-SNP guest (needs an SNP host, KVM, a QEMU with sev-snp-guest and OVMF).
+    #[arg(long)]
+    snp: bool,
+    /// Firmware for --tdx/--snp (default: the distribution's OVMF.inteltdx.fd / OVMF.amdsev.fd).
+    #[arg(long, value_name = "FILE")]
+    firmware: Option<PathBuf>,
+    /// Force the accelerator (default: KVM when usable, else TCG).
+    #[arg(long, value_parser = ["kvm", "tcg"])]
+    accel: Option<String>,
+    #[arg(long, default_value_t = 512, value_name = "MIB")]
+    memory: u32,
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Extra kernel parameter (repeatable), e.g. --append agent.log=debug.
+    #[arg(long = "append", value_name = "PARAM")]
+    append: Vec<String>,
+    /// Seconds to wait for the agent to answer Check.
+    #[arg(long, default_value_t = 60)]
+    ready_timeout: u64,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Boot, wait for the agent, print the boot time, and stay up (console on
+    /// stdout) until the guest powers off or Ctrl-C.
+    Boot,
+    /// Boot and run a busybox container through the agent API, then destroy
+    /// the sandbox and check that the VM powers itself off.
+    Demo,
+    /// Boot N times and print QEMU start -> agent ready for each.
+    BootTime {
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let dir = args.image_dir.clone().unwrap_or_else(default_image_dir);
+    let mut spec = VmSpec::from_image_dir(&dir);
+    if let Some(k) = &args.kernel {
+        spec.kernel = k.clone();
+    }
+    if let Some(i) = &args.initrd {
+        spec.initrd = i.clone();
+    }
+    let (accel, why) = match args.accel.as_deref() {
+        Some("kvm") => (Accel::Kvm, "--accel kvm".to_owned()),
+        Some("tcg") => (Accel::Tcg, "--accel tcg".to_owned()),
+        _ => Accel::detect(),
+    };
+    spec.accel = accel;
+    spec.confidential = if args.tdx {
+        Confidential::Tdx
+    } else if args.snp {
+        Confidential::Snp
+    } else {
+        Confidential::None
+    };
+    spec.firmware = args.firmware.clone();
+    spec.memory_mib = args.memory;
+    spec.cpus = args.cpus;
+    spec.extra_cmdline = args.append.clone();
+    if let Err(err) = spec.check_host() {
+        eprintln!("cvm-vm: {err}");
+        return ExitCode::from(2);
+    }
+    println!(
+        "cvm-vm: accel {} ({why}), {} MiB, {} vCPU, image {}",
+        accel.name(),
+        spec.memory_mib,
+        spec.cpus,
+        dir.display()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let ready = Duration::from_secs(args.ready_timeout);
+    let result = rt.block_on(async {
+        match args.command {
+            Cmd::Boot => boot(&spec, ready).await,
+            Cmd::Demo => demo(&spec, ready).await,
+            Cmd::BootTime { runs } => boot_time(&spec, ready, runs).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("cvm-vm: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn boot(spec: &VmSpec, ready: Duration) -> anyhow::Result<()> {
+    let mut vm = Vm::launch(spec, true)?;
+    let t = vm.wait_agent_ready(ready).await?;
+    println!("\ncvm-vm: agent ready {:.2} s after QEMU start", t.as_secs_f64());
+    println!(
+        "cvm-vm: try: cvm-agent-ctl --addr unix://{} --hybrid-vsock 1024 version   (Ctrl-C stops the VM)",
+        vm.vsock_socket.display()
+    );
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { println!("cvm-vm: stopping the VM"); return Ok(()); }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if let Ok(t) = vm.wait_power_off(Duration::ZERO) {
+                    println!("cvm-vm: the guest powered off ({:.1} s)", t.as_secs_f64());
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+async fn demo(spec: &VmSpec, ready: Duration) -> anyhow::Result<()> {
+    let mut vm = Vm::launch(spec, false)?;
+    let boot = vm.wait_agent_ready(ready).await?;
+    println!(
+        "cvm-vm: agent ready {:.2} s after QEMU start (hybrid vsock {})",
+        boot.as_secs_f64(),
+        vm.vsock_socket.display()
+    );
+    let out = scenario::run(&mut vm, boot, |line| println!("  {line}")).await;
+    println!("--- guest console ---\n{}", vm.console().trim_end());
+    let out = out?;
+    anyhow::ensure!(out.stdout.contains(scenario::GREETING), "container output is missing the greeting");
+    anyhow::ensure!(
+        out.exit_code == scenario::EXIT_CODE,
+        "exit code {} instead of {}",
+        out.exit_code,
+        scenario::EXIT_CODE
+    );
+    println!(
+        "cvm-vm: demo passed: boot {:.2} s, container lifecycle {:.2} s, power-off {:.2} s",
+        out.boot.as_secs_f64(),
+        out.lifecycle.as_secs_f64(),
+        out.power_off.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn boot_time(spec: &VmSpec, ready: Duration, runs: u32) -> anyhow::Result<()> {
+    let (mut times, mut cpu) = (Vec::new(), Vec::new());
+    for i in 1..=runs {
+        let mut vm = Vm::launch(spec, false)?;
+        let t = vm.wait_agent_ready(ready).await?;
+        let c = vm.qemu_cpu_time().unwrap_or_default();
+        println!("boot {i}: QEMU start -> agent ready {:.2} s (QEMU CPU {:.2} s)", t.as_secs_f64(), c.as_secs_f64());
+        times.push(t);
+        cpu.push(c);
+    }
+    times.sort();
+    cpu.sort();
+    let mid = times.len() / 2;
+    println!(
+        "boot time ({}): median {:.2} s, min {:.2} s, max {:.2} s over {runs} runs; QEMU CPU median {:.2} s",
+        spec.accel.name(),
+        times[mid].as_secs_f64(),
+        times[0].as_secs_f64(),
+        times[times.len() - 1].as_secs_f64(),
+        cpu[mid].as_secs_f64()
+    );
+    Ok(())
+}
