@@ -17,5 +17,6 @@ pub mod keysource;
 pub mod pipeline;
 pub mod pull;
 pub mod registry;
+pub mod signature;
 pub mod store;
 pub mod unpack;

@@ -1,6 +1,7 @@
 //! `image-pull`: pull an image inside the guest and unpack it as an OCI bundle.
 //!
-//!     image-pull [--work-dir DIR] [--plain-http] [--ca-file PEM] [--creds USER:PASS]
+//!     image-pull [--policy policy.json|kbs:///…] [--registries-d DIR] [--kbs-dir DIR]
+//!                [--work-dir DIR] [--plain-http] [--ca-file PEM] [--creds USER:PASS]
 //!                [--auth-file auth.json] [--registry-config FILE] [--platform os/arch] REF BUNDLE_DIR
 //!     image-pull gc [--work-dir DIR]
 //!
@@ -19,6 +20,7 @@ use image_rs::registry::auth::{AuthStore, Credentials};
 use image_rs::registry::config::RegistriesConfig;
 use image_rs::registry::http::{Distribution, HttpOptions};
 use image_rs::registry::{Platform, Registry};
+use image_rs::signature::{ImageVerifier, RegistriesD};
 use image_rs::store::LayerStore;
 
 #[derive(Debug, Parser)]
@@ -62,6 +64,17 @@ struct PullArgs {
     /// registries.conf-style TOML: mirrors, remapping, insecure/blocked registries, proxy, CAs.
     #[arg(long, value_name = "FILE")]
     registry_config: Option<PathBuf>,
+    /// Signature policy (containers-policy.json), a file or a kbs:/// URI. Without it every
+    /// image is accepted unverified, with a warning (see README).
+    #[arg(long, value_name = "FILE|kbs:///REPO/TYPE/TAG")]
+    policy: Option<String>,
+    /// containers-registries.d directory: where simple-signing signatures live (lookaside).
+    #[arg(long = "registries-d", value_name = "DIR")]
+    registries_d: Option<PathBuf>,
+    /// Resolve kbs:/// URIs (policy, keys) from files DIR/<repo>/<type>/<tag>. Development
+    /// only: inside a TEE the attestation-agent releases them.
+    #[arg(long, value_name = "DIR")]
+    kbs_dir: Option<PathBuf>,
     /// Platform to select from a multi-platform image (default: this machine's).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     platform: Option<Platform>,
@@ -176,12 +189,31 @@ fn gc(work_dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The signature policy of this pull: `--policy`, or the built-in accept-anything default.
+async fn signature_verifier(args: &PullArgs) -> anyhow::Result<ImageVerifier> {
+    let keys: Arc<dyn image_rs::keysource::KeySource> = match &args.kbs_dir {
+        Some(dir) => Arc::new(image_rs::keysource::DirKeySource::new(dir)),
+        None => Arc::new(image_rs::keysource::NoKeySource),
+    };
+    Ok(match &args.policy {
+        Some(policy) => ImageVerifier::load(policy, args.registries_d.as_deref(), keys).await?,
+        None => {
+            let rd = match &args.registries_d {
+                Some(dir) => RegistriesD::load_dir(dir)?,
+                None => RegistriesD::default(),
+            };
+            ImageVerifier::builtin_accept_anything(rd, keys)
+        }
+    })
+}
+
 async fn pull(args: PullArgs) -> anyhow::Result<()> {
     let (Some(reference), Some(bundle)) = (args.reference.as_deref(), args.bundle.as_deref()) else {
         anyhow::bail!("usage: image-pull [OPTIONS] REF BUNDLE_DIR (see --help)");
     };
     let started = Instant::now();
     let reference = parse_reference(reference)?;
+    let verifier = signature_verifier(&args).await?;
     let config = match &args.registry_config {
         Some(p) => RegistriesConfig::load(p)?,
         None => RegistriesConfig::default(),
@@ -216,9 +248,7 @@ async fn pull(args: PullArgs) -> anyhow::Result<()> {
     }
     let puller = Puller::new(registry, store, opts);
 
-    let resolved = puller.resolve(&reference).await?;
-    tracing::info!(reference = %reference.whole(), manifest = %resolved.manifest_digest, layers = resolved.manifest.layers().len(), "resolved");
-    let pulled = puller.pull_resolved(&reference, resolved).await?;
+    let pulled = puller.pull_verified(&reference, &verifier).await?;
     let mode = match args.rootfs {
         RootfsArg::Auto => RootfsMode::Auto,
         RootfsArg::Overlay => RootfsMode::Overlay,
