@@ -64,7 +64,7 @@ impl Keyring {
 
     /// Fingerprints of the primary keys, for messages.
     pub fn fingerprints(&self) -> Vec<String> {
-        self.keys.iter().map(|k| k.fingerprint().to_string()).collect()
+        self.keys.iter().map(fingerprint).collect()
     }
 
     /// Verifies one signature blob; returns the signed payload and the
@@ -92,11 +92,11 @@ impl Keyring {
         }
         for key in &self.keys {
             if msg.verify(key).is_ok() {
-                return Ok((payload, key.fingerprint().to_string()));
+                return Ok((payload, fingerprint(key)));
             }
             for sub in &key.public_subkeys {
                 if msg.verify(sub).is_ok() {
-                    return Ok((payload, sub.fingerprint().to_string()));
+                    return Ok((payload, fingerprint(sub)));
                 }
             }
         }
@@ -107,6 +107,11 @@ impl Keyring {
             self.fingerprints().join(", ")
         ))
     }
+}
+
+/// A key's fingerprint as gpg prints it (uppercase hex).
+fn fingerprint(key: &impl KeyDetails) -> String {
+    key.fingerprint().to_string().to_uppercase()
 }
 
 /// Reads lookaside signatures `signature-1..N`, stopping at the first one
