@@ -8,7 +8,7 @@ STATIC_FLAGS := -C target-feature=+crt-static
 RELEASE_DIR  := target/$(TARGET)/release
 
 # Real peers the integration tests drive (Debian packages).
-TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates
+TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates gnupg
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all build release test lint fmt demo clean check-tools deps bench bench-pull
