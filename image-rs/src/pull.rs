@@ -84,7 +84,11 @@ impl Puller {
     /// The one pull entry point that checks signatures: resolve, evaluate the
     /// signature policy on the verified manifest, and only then fetch layers.
     /// The policy runs on every call, even when every layer is in the store.
-    pub async fn pull_verified(&self, reference: &Reference, verifier: &ImageVerifier) -> Result<PulledImage, PullError> {
+    pub async fn pull_verified(
+        &self,
+        reference: &Reference,
+        verifier: &ImageVerifier,
+    ) -> Result<PulledImage, PullError> {
         let resolved = self.resolve(reference).await?;
         tracing::info!(reference = %reference.whole(), manifest = %resolved.manifest_digest, layers = resolved.manifest.layers().len(), "resolved");
         verifier.verify(&self.registry, reference, &resolved).await?;

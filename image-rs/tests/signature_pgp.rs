@@ -72,7 +72,9 @@ fn garbage_oversized_and_bombs_are_refused() {
 
 #[test]
 fn malformed_keyrings_are_refused() {
-    for bad in [&b""[..], b"garbage", b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nAAAA\n-----END PGP PUBLIC KEY BLOCK-----\n"] {
+    for bad in
+        [&b""[..], b"garbage", b"-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nAAAA\n-----END PGP PUBLIC KEY BLOCK-----\n"]
+    {
         let err = Keyring::parse(&[("k".into(), bad.to_vec())]).err().expect("refused");
         assert!(err.starts_with("keyring k:"), "{err}");
     }

@@ -40,13 +40,13 @@ fn most_specific_docker_scope_wins() {
     assert_eq!(scope_of(&p, "busybox:latest").1, ["insecureAcceptAnything"]);
     assert_eq!(scope_of(&p, "docker.io/library/busybox:latest").0, "docker scope \"docker.io/library/busybox\"");
     assert_eq!(scope_of(&p, "docker.io/openshift/origin:v3").0, "docker scope \"docker.io/openshift\"");
-    assert_eq!(scope_of(&p, "a.b.temporary-project.example.com/x:1").0, "docker scope \"*.temporary-project.example.com\"");
+    assert_eq!(
+        scope_of(&p, "a.b.temporary-project.example.com/x:1").0,
+        "docker scope \"*.temporary-project.example.com\""
+    );
     assert_eq!(scope_of(&p, "temporary-project.example.com/x:1").1, ["reject"], "the wildcard needs a subdomain");
     assert_eq!(scope_of(&p, "docker.io/library/alpine:3").0, "global default");
-    assert_eq!(
-        scope_of(&p, "hostname:5000/myns/sigstore-signed-with-full-references:1").1,
-        ["sigstoreSigned"]
-    );
+    assert_eq!(scope_of(&p, "hostname:5000/myns/sigstore-signed-with-full-references:1").1, ["sigstoreSigned"]);
 
     let p = load(
         r#"{"default":[{"type":"reject"}],"transports":{"docker":{
@@ -82,7 +82,10 @@ fn refuses_unknown_or_ambiguous_policies_with_a_clear_message() {
             r#"{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"/a","keyData":"eA=="}]}"#,
             "only one of keyPath, keyPaths, keyData may be set (found keyPath and keyData)",
         ),
-        (r#"{"default":[{"type":"signedBy","keyType":"X509Certificates","keyPath":"/a"}]}"#, "keyType \"X509Certificates\""),
+        (
+            r#"{"default":[{"type":"signedBy","keyType":"X509Certificates","keyPath":"/a"}]}"#,
+            "keyType \"X509Certificates\"",
+        ),
         (r#"{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPaths":[]}]}"#, "keyPaths is empty"),
         (
             r#"{"default":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"/a","signedIdentity":{"type":"matchEverything"}}]}"#,

@@ -251,7 +251,8 @@ fn gpg_simple_signing_accepts_the_right_key_and_rejects_everything_else() {
     let c = Case::new();
     let key = c.write("owner.gpg", owner.export(false));
     let rd = c.lookaside(&look_url);
-    let (out, bundle) = c.pull(work.path(), &signed_by(json!({"keyPath": key}), None), &["--registries-d", &rd], &reference);
+    let (out, bundle) =
+        c.pull(work.path(), &signed_by(json!({"keyPath": key}), None), &["--registries-d", &rd], &reference);
     assert_accepted(&out, &bundle);
     let _ = Command::new("umount").arg(bundle.join("rootfs")).status();
 
@@ -259,13 +260,17 @@ fn gpg_simple_signing_accepts_the_right_key_and_rejects_everything_else() {
     let c = Case::new();
     let rd = c.lookaside(&look_url);
     let data = base64::engine::general_purpose::STANDARD.encode(owner.export(true));
-    let (out, bundle) = c.pull(work.path(), &signed_by(json!({"keyData": data}), None), &["--registries-d", &rd], &reference);
+    let (out, bundle) =
+        c.pull(work.path(), &signed_by(json!({"keyData": data}), None), &["--registries-d", &rd], &reference);
     assert_accepted(&out, &bundle);
     let c = Case::new();
     let rd = c.lookaside(&look_url);
     c.write("kbs/default/gpg-public-key/owner", owner.export(false));
     c.write("kbs/default/gpg-public-key/stranger", stranger.export(false));
-    let policy = signed_by(json!({"keyPaths": ["kbs:///default/gpg-public-key/stranger", "kbs:///default/gpg-public-key/owner"]}), None);
+    let policy = signed_by(
+        json!({"keyPaths": ["kbs:///default/gpg-public-key/stranger", "kbs:///default/gpg-public-key/owner"]}),
+        None,
+    );
     c.write("kbs/default/policy/1", serde_json::to_vec(&policy).unwrap());
     let bundle = c.path("bundle");
     let out = Command::new(PULL)
@@ -281,7 +286,8 @@ fn gpg_simple_signing_accepts_the_right_key_and_rejects_everything_else() {
     let c = Case::new();
     let key = c.write("owner.gpg", owner.export(false));
     let rd = c.lookaside(&format!("http://{}", server.addr));
-    let (out, bundle) = c.pull(work.path(), &signed_by(json!({"keyPath": key}), None), &["--registries-d", &rd], &reference);
+    let (out, bundle) =
+        c.pull(work.path(), &signed_by(json!({"keyPath": key}), None), &["--registries-d", &rd], &reference);
     assert_accepted(&out, &bundle);
     drop(server);
 
@@ -289,7 +295,8 @@ fn gpg_simple_signing_accepts_the_right_key_and_rejects_everything_else() {
     let c = Case::new();
     let key = c.write("stranger.gpg", stranger.export(false));
     let rd = c.lookaside(&look_url);
-    let (out, bundle) = c.pull(work.path(), &signed_by(json!({"keyPath": key}), None), &["--registries-d", &rd], &reference);
+    let (out, bundle) =
+        c.pull(work.path(), &signed_by(json!({"keyPath": key}), None), &["--registries-d", &rd], &reference);
     assert_rejected(&out, &bundle, &["requirement #0 signedBy", "not signed by a trusted key", &stranger.fpr]);
 
     // Rejected: unsigned image under signedBy.
@@ -309,9 +316,13 @@ fn gpg_simple_signing_accepts_the_right_key_and_rejects_everything_else() {
     let key = c.write("owner.gpg", owner.export(false));
     let forged = c.path("look");
     let other_sig = std::fs::read(sig_dir(look.path(), "other", &app.manifest_digest).join("signature-1")).unwrap();
-    c.write(&format!("look/app@sha256={}/signature-1", app.manifest_digest.strip_prefix("sha256:").unwrap()), &other_sig);
+    c.write(
+        &format!("look/app@sha256={}/signature-1", app.manifest_digest.strip_prefix("sha256:").unwrap()),
+        &other_sig,
+    );
     let rd = c.lookaside(&format!("file://{}", p(&forged)));
-    let (out, bundle) = c.pull(work.path(), &signed_by(json!({"keyPath": key}), None), &["--registries-d", &rd], &reference);
+    let (out, bundle) =
+        c.pull(work.path(), &signed_by(json!({"keyPath": key}), None), &["--registries-d", &rd], &reference);
     assert_rejected(&out, &bundle, &["claims identity", "/other:1", "matchRepoDigestOrExact"]);
     // … which exactRepository pointing at that name accepts (the digest still matches).
     let other_repo = reg.reference("other");
@@ -327,10 +338,17 @@ fn gpg_simple_signing_accepts_the_right_key_and_rejects_everything_else() {
     let c = Case::new();
     let key = c.write("owner.gpg", owner.export(false));
     let app_sig_bytes = std::fs::read(&app_sig).unwrap();
-    c.write(&format!("look/app@sha256={}/signature-1", unsigned.manifest_digest.strip_prefix("sha256:").unwrap()), &app_sig_bytes);
+    c.write(
+        &format!("look/app@sha256={}/signature-1", unsigned.manifest_digest.strip_prefix("sha256:").unwrap()),
+        &app_sig_bytes,
+    );
     let rd = c.lookaside(&format!("file://{}", p(&c.path("look"))));
-    let (out, bundle) =
-        c.pull(work.path(), &signed_by(json!({"keyPath": key}), None), &["--registries-d", &rd], &reg.reference("app:unsigned"));
+    let (out, bundle) = c.pull(
+        work.path(),
+        &signed_by(json!({"keyPath": key}), None),
+        &["--registries-d", &rd],
+        &reg.reference("app:unsigned"),
+    );
     assert_rejected(&out, &bundle, &["signature made for another image", &app.manifest_digest]);
 
     // Rejected: tampered signatures (a flipped byte anywhere; garbage; oversized).
@@ -347,7 +365,8 @@ fn gpg_simple_signing_accepts_the_right_key_and_rejects_everything_else() {
         let key = c.write("owner.gpg", owner.export(false));
         c.write(&format!("look/app@sha256={hex}/signature-1"), &bytes);
         let rd = c.lookaside(&format!("file://{}", p(&c.path("look"))));
-        let (out, bundle) = c.pull(work.path(), &signed_by(json!({"keyPath": key}), None), &["--registries-d", &rd], &reference);
+        let (out, bundle) =
+            c.pull(work.path(), &signed_by(json!({"keyPath": key}), None), &["--registries-d", &rd], &reference);
         assert_rejected(&out, &bundle, &[want]);
         eprintln!("{name}: {}", stderr(&out).trim());
     }
@@ -359,7 +378,11 @@ fn gpg_simple_signing_accepts_the_right_key_and_rejects_everything_else() {
     let mut policy = signed_by(json!({"keyPath": key}), None);
     policy["transports"]["docker"][reg.reference("app")] = json!([{"type": "reject"}]);
     let (out, bundle) = c.pull(work.path(), &policy, &["--registries-d", &rd], &reference);
-    assert_rejected(&out, &bundle, &[&format!("docker scope \"{}\"", reg.reference("app")), "requirement #0 reject", "rejects every image"]);
+    assert_rejected(
+        &out,
+        &bundle,
+        &[&format!("docker scope \"{}\"", reg.reference("app")), "requirement #0 reject", "rejects every image"],
+    );
 
     // Every requirement must pass: a second, failing requirement rejects.
     let c = Case::new();
@@ -378,7 +401,15 @@ fn gpg_simple_signing_accepts_the_right_key_and_rejects_everything_else() {
 /// The tests' cosign signer: payload per the cosign spec, ECDSA P-256 SHA-256 by openssl (DER),
 /// pushed as an OCI manifest tagged `sha256-<hex>.sig`. `upload_payload` lets a test upload
 /// different bytes than were signed (tampering).
-fn cosign_sign(reg: &Registry, repo: &str, target_digest: &str, signed_digest: &str, identity: &str, key: &Path, upload_payload: Option<Vec<u8>>) {
+fn cosign_sign(
+    reg: &Registry,
+    repo: &str,
+    target_digest: &str,
+    signed_digest: &str,
+    identity: &str,
+    key: &Path,
+    upload_payload: Option<Vec<u8>>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let payload = serde_json::to_vec(&json!({
         "critical": {
@@ -492,7 +523,11 @@ fn cosign_signatures_accept_the_right_key_and_reject_everything_else() {
     // Unsigned image.
     let c = Case::new();
     let (out, bundle) = c.pull(work.path(), &sigstore(&owner_pub, match_repo.clone()), &[], &repo("unsigned:1"));
-    assert_rejected(&out, &bundle, &["image is not signed: no cosign signature", &format!("sha256-{}.sig", &unsigned.manifest_digest[7..])]);
+    assert_rejected(
+        &out,
+        &bundle,
+        &["image is not signed: no cosign signature", &format!("sha256-{}.sig", &unsigned.manifest_digest[7..])],
+    );
 
     // A signature made for another image.
     let c = Case::new();
@@ -552,7 +587,15 @@ fn without_a_policy_unsigned_images_pull_with_a_warning_and_bad_policies_fail_cl
     let c = Case::new();
     let bundle = c.path("bundle");
     let out = Command::new(PULL)
-        .args(["--work-dir", p(work.path()), "--plain-http", "--rootfs", "flatten", &reg.reference("plain:1"), p(&bundle)])
+        .args([
+            "--work-dir",
+            p(work.path()),
+            "--plain-http",
+            "--rootfs",
+            "flatten",
+            &reg.reference("plain:1"),
+            p(&bundle),
+        ])
         .output()
         .unwrap();
     assert_accepted(&out, &bundle);
@@ -567,7 +610,15 @@ fn without_a_policy_unsigned_images_pull_with_a_warning_and_bad_policies_fail_cl
         let path = c.write("policy.json", policy);
         let bundle = c.path("bundle");
         let out = Command::new(PULL)
-            .args(["--work-dir", p(work.path()), "--plain-http", "--policy", &path, &reg.reference("plain:1"), p(&bundle)])
+            .args([
+                "--work-dir",
+                p(work.path()),
+                "--plain-http",
+                "--policy",
+                &path,
+                &reg.reference("plain:1"),
+                p(&bundle),
+            ])
             .output()
             .unwrap();
         assert!(!out.status.success() && stderr(&out).contains(want), "{}", stderr(&out));
@@ -576,9 +627,21 @@ fn without_a_policy_unsigned_images_pull_with_a_warning_and_bad_policies_fail_cl
     let c = Case::new();
     let bundle = c.path("bundle");
     let out = Command::new(PULL)
-        .args(["--work-dir", p(work.path()), "--plain-http", "--policy", "kbs:///default/policy/1", &reg.reference("plain:1"), p(&bundle)])
+        .args([
+            "--work-dir",
+            p(work.path()),
+            "--plain-http",
+            "--policy",
+            "kbs:///default/policy/1",
+            &reg.reference("plain:1"),
+            p(&bundle),
+        ])
         .output()
         .unwrap();
-    assert!(stderr(&out).contains("no key source is configured that can resolve kbs:///default/policy/1"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no key source is configured that can resolve kbs:///default/policy/1"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!bundle.exists());
 }

@@ -130,11 +130,18 @@ pub async fn fetch_signatures(
         for (i, layer) in manifest.layers().iter().enumerate().take(MAX_SIGNATURES) {
             let origin = format!("{origin} layer {i}");
             if layer.media_type().to_string() != MT_SIMPLE_SIGNING {
-                out.push(CosignSignature { origin: format!("{origin} (media type {})", layer.media_type()), payload: Vec::new(), signature_b64: None });
+                out.push(CosignSignature {
+                    origin: format!("{origin} (media type {})", layer.media_type()),
+                    payload: Vec::new(),
+                    signature_b64: None,
+                });
                 continue;
             }
             if layer.size() > PAYLOAD_LIMIT as u64 {
-                return Err(format!("{origin}: payload of {} bytes is over the {PAYLOAD_LIMIT}-byte limit", layer.size()));
+                return Err(format!(
+                    "{origin}: payload of {} bytes is over the {PAYLOAD_LIMIT}-byte limit",
+                    layer.size()
+                ));
             }
             let digest: Digest =
                 layer.digest().to_string().parse().map_err(|e| format!("{origin}: layer digest: {e}"))?;
@@ -185,7 +192,11 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE9cFVLmifJOs9y5Yvhfk0+3ZaUIRu
     #[test]
     fn refuses_malformed_signature_annotations() {
         let keys = parse_public_keys(&[("k".into(), PUB.as_bytes().to_vec())]).unwrap();
-        let sig = |b64: Option<&str>| CosignSignature { origin: "t".into(), payload: b"{}".to_vec(), signature_b64: b64.map(str::to_owned) };
+        let sig = |b64: Option<&str>| CosignSignature {
+            origin: "t".into(),
+            payload: b"{}".to_vec(),
+            signature_b64: b64.map(str::to_owned),
+        };
         assert!(sig(None).verify(&keys).unwrap_err().contains("no dev.cosignproject.cosign/signature"));
         assert!(sig(Some("!!!")).verify(&keys).unwrap_err().contains("not base64"));
         assert!(sig(Some("AAAA")).verify(&keys).unwrap_err().contains("not a DER"));

@@ -27,7 +27,12 @@ pub fn check_identity(rule: &IdentityRule, image: &DockerRef, signed: &DockerRef
                 // The remapped name must itself be a valid reference.
                 match DockerRef::parse(&name) {
                     Ok(r) if r.name() == name => image.with_name(name),
-                    _ => return Err(format!("remapping {} with {prefix:?} → {signed_prefix:?} gives an invalid name", image.name())),
+                    _ => {
+                        return Err(format!(
+                            "remapping {} with {prefix:?} → {signed_prefix:?} gives an invalid name",
+                            image.name()
+                        ))
+                    }
                 }
             } else {
                 image.clone()
@@ -63,7 +68,9 @@ fn describe(rule: &IdentityRule) -> String {
         IdentityRule::MatchExact {} => "signedIdentity matchExact".into(),
         IdentityRule::MatchRepoDigestOrExact {} => "signedIdentity matchRepoDigestOrExact".into(),
         IdentityRule::MatchRepository {} => "signedIdentity matchRepository".into(),
-        IdentityRule::ExactReference { docker_reference } => format!("signedIdentity exactReference {docker_reference:?}"),
+        IdentityRule::ExactReference { docker_reference } => {
+            format!("signedIdentity exactReference {docker_reference:?}")
+        }
         IdentityRule::ExactRepository { docker_repository } => {
             format!("signedIdentity exactRepository {docker_repository:?}")
         }
@@ -136,13 +143,22 @@ mod tests {
             prefix: "private-mirror:5000/vendor-mirror".into(),
             signed_prefix: "vendor.example.com".into(),
         };
-        assert!(ok(&rule, "private-mirror:5000/vendor-mirror/producta/image1:latest", "vendor.example.com/producta/image1:latest"));
-        assert!(!ok(&rule, "private-mirror:5000/vendor-mirror/producta/image1:latest", "vendor.example.com/producta/image1:v2"));
+        assert!(ok(
+            &rule,
+            "private-mirror:5000/vendor-mirror/producta/image1:latest",
+            "vendor.example.com/producta/image1:latest"
+        ));
+        assert!(!ok(
+            &rule,
+            "private-mirror:5000/vendor-mirror/producta/image1:latest",
+            "vendor.example.com/producta/image1:v2"
+        ));
         assert!(ok(&rule, &format!("private-mirror:5000/vendor-mirror/p/i@{D}"), "vendor.example.com/p/i:any"));
         // Outside the prefix: no remapping, plain matchRepoDigestOrExact.
         assert!(ok(&rule, "other:5000/p/i:1", "other:5000/p/i:1"));
         assert!(!ok(&rule, "private-mirror:5000/vendor-mirrorx/p:1", "vendor.example.comx/p:1"));
-        let err = check_identity(&rule, &r("private-mirror:5000/vendor-mirror/a:1"), &r("evil.example/a:1")).unwrap_err();
+        let err =
+            check_identity(&rule, &r("private-mirror:5000/vendor-mirror/a:1"), &r("evil.example/a:1")).unwrap_err();
         assert!(err.contains("evil.example/a:1") && err.contains("remapIdentity"), "{err}");
     }
 }

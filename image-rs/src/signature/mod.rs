@@ -112,7 +112,15 @@ impl ImageVerifier {
         if self.builtin {
             tracing::warn!(image = %image, "no signature policy given (--policy): accepting the image without signature verification");
         }
-        let mut eval = Evaluation { verifier: self, registry, resolved, image: &image, digest: &digest, simple: None, cosign: None };
+        let mut eval = Evaluation {
+            verifier: self,
+            registry,
+            resolved,
+            image: &image,
+            digest: &digest,
+            simple: None,
+            cosign: None,
+        };
         let mut evidence = Vec::with_capacity(reqs.len());
         for (index, req) in reqs.iter().enumerate() {
             match eval.requirement(req).await {
@@ -153,8 +161,8 @@ impl Evaluation<'_> {
             Requirement::Reject {} => Err("this scope rejects every image".into()),
             Requirement::SignedBy { key_path, key_paths, key_data, signed_identity, .. } => {
                 let paths: Vec<&str> = key_path.iter().chain(key_paths.iter().flatten()).map(String::as_str).collect();
-                let blobs = keys::load_all(&paths, &key_data.as_deref().into_iter().collect::<Vec<_>>(), self.keys())
-                    .await?;
+                let blobs =
+                    keys::load_all(&paths, &key_data.as_deref().into_iter().collect::<Vec<_>>(), self.keys()).await?;
                 let keyring = simple::Keyring::parse(&blobs)?;
                 let rule = signed_identity.clone().unwrap_or_default();
                 self.load_simple_signatures().await?;
@@ -174,7 +182,14 @@ impl Evaluation<'_> {
                 Err(reasons.join("; "))
             }
             Requirement::SigstoreSigned {
-                key_path, key_paths, key_data, key_datas, fulcio, pki, signed_identity, ..
+                key_path,
+                key_paths,
+                key_data,
+                key_datas,
+                fulcio,
+                pki,
+                signed_identity,
+                ..
             } => {
                 if fulcio.is_some() || pki.is_some() {
                     return Err("keyless (fulcio/pki) sigstore verification is not supported by this verifier".into());

@@ -65,16 +65,13 @@ pub fn parse_payload(bytes: &[u8], expected_type: &str) -> Result<SignedClaim, S
     if bytes.len() > PAYLOAD_LIMIT {
         return Err(format!("payload is {} bytes, over the {PAYLOAD_LIMIT}-byte limit", bytes.len()));
     }
-    let raw: Raw = serde_json::from_slice(bytes).map_err(|e| format!("payload is not a valid signature payload: {e}"))?;
+    let raw: Raw =
+        serde_json::from_slice(bytes).map_err(|e| format!("payload is not a valid signature payload: {e}"))?;
     if raw.critical.kind != expected_type {
         return Err(format!("payload type is {:?}, expected {expected_type:?}", raw.critical.kind));
     }
-    let manifest_digest = raw
-        .critical
-        .image
-        .manifest_digest
-        .parse()
-        .map_err(|e| format!("payload manifest digest: {e}"))?;
+    let manifest_digest =
+        raw.critical.image.manifest_digest.parse().map_err(|e| format!("payload manifest digest: {e}"))?;
     let identity =
         DockerRef::parse(&raw.critical.identity.docker_reference).map_err(|e| format!("payload identity: {e}"))?;
     Ok(SignedClaim { manifest_digest, identity })

@@ -50,6 +50,8 @@ pub struct Policy {
 }
 
 /// One policy requirement.
+// Parsed once per policy and never moved in bulk: variant size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum Requirement {
@@ -172,7 +174,11 @@ impl Requirement {
                 }
                 exactly_one(
                     "signedBy",
-                    &[("keyPath", key_path.is_some()), ("keyPaths", key_paths.is_some()), ("keyData", key_data.is_some())],
+                    &[
+                        ("keyPath", key_path.is_some()),
+                        ("keyPaths", key_paths.is_some()),
+                        ("keyData", key_data.is_some()),
+                    ],
                 )?;
                 non_empty_list("signedBy keyPaths", key_paths)?;
                 signed_identity.as_ref().map_or(Ok(()), IdentityRule::validate)
@@ -234,9 +240,9 @@ impl Requirement {
 impl IdentityRule {
     fn validate(&self) -> Result<(), String> {
         match self {
-            IdentityRule::MatchExact {} | IdentityRule::MatchRepoDigestOrExact {} | IdentityRule::MatchRepository {} => {
-                Ok(())
-            }
+            IdentityRule::MatchExact {}
+            | IdentityRule::MatchRepoDigestOrExact {}
+            | IdentityRule::MatchRepository {} => Ok(()),
             IdentityRule::ExactReference { docker_reference } => {
                 let r = DockerRef::parse(docker_reference).map_err(|e| format!("exactReference: {e}"))?;
                 if r.is_name_only() {
@@ -258,7 +264,8 @@ impl IdentityRule {
 /// A remapIdentity prefix is `host[:port]` or a fully expanded repository
 /// name or namespace (no tag, no digest, no wildcard).
 fn validate_remap_prefix(field: &str, value: &str) -> Result<(), String> {
-    let bad = || format!("remapIdentity {field} {value:?} must be host[:port] or a fully expanded repository namespace");
+    let bad =
+        || format!("remapIdentity {field} {value:?} must be host[:port] or a fully expanded repository namespace");
     if value.is_empty() || value.contains('*') || value.contains('@') || value.ends_with('/') {
         return Err(bad());
     }
@@ -278,9 +285,9 @@ fn valid_host_port(s: &str) -> bool {
         None => (s, None),
     };
     !host.is_empty()
-        && host.split('.').all(|l| {
-            !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-')
-        })
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-'))
         && port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
@@ -417,7 +424,9 @@ impl Policy {
 
 fn check_list(place: &str, reqs: &[Requirement]) -> Result<(), String> {
     if reqs.is_empty() {
-        return Err(format!("{place}: the requirement list is empty (use [{{\"type\":\"reject\"}}] or insecureAcceptAnything)"));
+        return Err(format!(
+            "{place}: the requirement list is empty (use [{{\"type\":\"reject\"}}] or insecureAcceptAnything)"
+        ));
     }
     for (i, r) in reqs.iter().enumerate() {
         r.validate().map_err(|e| format!("{place}[{i}]: {e}"))?;

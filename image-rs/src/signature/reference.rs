@@ -125,7 +125,10 @@ mod tests {
         assert_eq!(r.to_string(), "docker.io/library/busybox");
         assert!(r.is_name_only());
         let r = DockerRef::parse("127.0.0.1:5000/ns/app:1").unwrap();
-        assert_eq!((r.name(), r.tag(), r.domain(), r.path()), ("127.0.0.1:5000/ns/app", Some("1"), "127.0.0.1:5000", "ns/app"));
+        assert_eq!(
+            (r.name(), r.tag(), r.domain(), r.path()),
+            ("127.0.0.1:5000/ns/app", Some("1"), "127.0.0.1:5000", "ns/app")
+        );
         let d = format!("sha256:{}", "a".repeat(64));
         let r = DockerRef::parse(&format!("quay.io/x/y@{d}")).unwrap();
         assert_eq!((r.tag(), r.digest()), (None, Some(d.as_str())));

@@ -145,7 +145,9 @@ impl ScopeConfig {
         if self.lookaside.is_some() && self.sigstore.is_some() {
             return Err("both lookaside and its old name sigstore are set".into());
         }
-        for url in [&self.lookaside, &self.sigstore, &self.lookaside_staging, &self.sigstore_staging].into_iter().flatten() {
+        for url in
+            [&self.lookaside, &self.sigstore, &self.lookaside_staging, &self.sigstore_staging].into_iter().flatten()
+        {
             let u = Url::parse(url).map_err(|e| format!("URL {url:?}: {e}"))?;
             if !matches!(u.scheme(), "file" | "http" | "https") {
                 return Err(format!("URL {url:?}: only file://, http:// and https:// lookasides are supported"));
@@ -188,8 +190,15 @@ docker:
 "#,
         )
         .unwrap();
-        assert_eq!(d.lookaside_for(&r("reg.example:5000/team/app:1")).unwrap().as_str(), "http://127.0.0.1:8080/app-sigs");
-        assert_eq!(d.use_sigstore_attachments(&r("reg.example:5000/team/app:1")), Some(true), "inherited from the host scope");
+        assert_eq!(
+            d.lookaside_for(&r("reg.example:5000/team/app:1")).unwrap().as_str(),
+            "http://127.0.0.1:8080/app-sigs"
+        );
+        assert_eq!(
+            d.use_sigstore_attachments(&r("reg.example:5000/team/app:1")),
+            Some(true),
+            "inherited from the host scope"
+        );
         assert_eq!(d.lookaside_for(&r("reg.example:5000/other:1")).unwrap().as_str(), "file:///var/lib/sigs");
         assert_eq!(d.lookaside_for(&r("a.corp.example/x:1")).unwrap().as_str(), "https://corp/sigs");
         assert_eq!(d.lookaside_for(&r("quay.io/x:1")).unwrap().as_str(), "https://sigs.example/default");

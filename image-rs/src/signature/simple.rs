@@ -182,7 +182,10 @@ impl Lookaside {
     }
 
     /// All signatures under the per-image URLs produced by `url_for(n)`.
-    pub async fn fetch_all(&self, url_for: impl Fn(usize) -> Result<Url, String>) -> Result<Vec<(Url, Vec<u8>)>, String> {
+    pub async fn fetch_all(
+        &self,
+        url_for: impl Fn(usize) -> Result<Url, String>,
+    ) -> Result<Vec<(Url, Vec<u8>)>, String> {
         let mut out = Vec::new();
         for n in 1..=MAX_SIGNATURES {
             let url = url_for(n)?;
