@@ -11,7 +11,7 @@ RELEASE_DIR  := target/$(TARGET)/release
 TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates gnupg
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build release test lint fmt demo clean check-tools deps bench bench-pull
+.PHONY: all build release test lint fmt demo clean check-tools deps bench bench-pull bench-encrypted bench-aa
 
 all: build
 
@@ -34,8 +34,8 @@ build: check-tools
 
 # Statically linked, size-optimised guest binaries (see [profile.release]).
 release: check-tools
-	RUSTFLAGS='$(STATIC_FLAGS)' $(CARGO) build --release --target $(TARGET) -p cvm-agent -p image-rs
-	@ls -l $(RELEASE_DIR)/cvm-agent $(RELEASE_DIR)/cvm-agent-ctl $(RELEASE_DIR)/image-pull
+	RUSTFLAGS='$(STATIC_FLAGS)' $(CARGO) build --release --target $(TARGET) -p cvm-agent -p image-rs -p attestation-agent
+	@ls -l $(RELEASE_DIR)/cvm-agent $(RELEASE_DIR)/cvm-agent-ctl $(RELEASE_DIR)/image-pull $(RELEASE_DIR)/attestation-agent
 
 lint: check-tools
 	$(CARGO) fmt --all -- --check
@@ -56,11 +56,19 @@ demo: check-tools
 	./agent/demo.sh target/debug
 
 # Benchmarks against real peers; results go to docs/BENCHMARKS.md.
-bench: bench-pull
+bench: bench-pull bench-encrypted bench-aa
 
 # Image pull vs curl|gzip|tar, skopeo+umoci and ctr (root, about 10 min).
 bench-pull:
 	bash tests/bench/pull.sh
+
+# Encrypted (ocicrypt) vs plain pull of the same ~500 MB image (root, about 3 min).
+bench-encrypted:
+	bash tests/bench/encrypted.sh
+
+# Key release latency: attestation-agent against the test KBS on loopback.
+bench-aa:
+	sh tests/bench/bench-aa.sh
 
 clean:
 	$(CARGO) clean

@@ -14,6 +14,7 @@
 pub mod bundle;
 pub mod digest;
 pub mod keysource;
+pub mod ocicrypt;
 pub mod pipeline;
 pub mod pull;
 pub mod registry;

@@ -1,9 +1,13 @@
 //! `image-pull`: pull an image inside the guest and unpack it as an OCI bundle.
 //!
-//!     image-pull [--policy policy.json|kbs:///…] [--registries-d DIR] [--kbs-dir DIR]
+//!     image-pull [--policy policy.json|kbs:///…] [--registries-d DIR] [--key-source-dir DIR]
 //!                [--work-dir DIR] [--plain-http] [--ca-file PEM] [--creds USER:PASS]
 //!                [--auth-file auth.json] [--registry-config FILE] [--platform os/arch] REF BUNDLE_DIR
 //!     image-pull gc [--work-dir DIR]
+//!     image-pull encrypt --recipient jwe:PUB.pem|provider:NAME:kbs:///R/T/T:KEKFILE … SRC_LAYOUT:TAG DST_LAYOUT:TAG
+//!
+//! Encrypted images: `--decryption-key FILE` (repeatable; PEM or JWK private
+//! key) and, for provider packets, `--key-source-dir DIR` (development only).
 //!
 //! Exit 0 on success; otherwise non-zero with a one-line reason on stderr.
 
@@ -15,6 +19,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use image_rs::bundle::{create_bundle, RootfsKind, RootfsMode};
+use image_rs::ocicrypt::encrypt::{encrypt_layout, Recipient};
+use image_rs::ocicrypt::{DecryptConfig, DecryptionKey};
 use image_rs::pull::{parse_reference, PullOptions, Puller};
 use image_rs::registry::auth::{AuthStore, Credentials};
 use image_rs::registry::config::RegistriesConfig;
@@ -40,6 +46,22 @@ enum Command {
         #[arg(long, default_value = DEFAULT_WORK_DIR)]
         work_dir: PathBuf,
     },
+    /// Encrypt an image of an OCI layout (ocicrypt) into another layout.
+    Encrypt(EncryptArgs),
+}
+
+#[derive(Debug, Args)]
+struct EncryptArgs {
+    /// `jwe:PUBKEY_FILE` (PEM or JWK) or `provider:NAME:kbs:///REPO/TYPE/TAG:KEK_FILE`
+    /// (KEK_FILE: 32 raw bytes); repeatable, at least one.
+    #[arg(long = "recipient", value_name = "SPEC", required = true)]
+    recipients: Vec<String>,
+    /// Source image, `LAYOUT_DIR:TAG`.
+    #[arg(value_name = "SRC_LAYOUT:TAG")]
+    src: String,
+    /// Destination, `LAYOUT_DIR:TAG` (created if missing; may be the source layout).
+    #[arg(value_name = "DST_LAYOUT:TAG")]
+    dst: String,
 }
 
 const DEFAULT_WORK_DIR: &str = "/run/image-rs";
@@ -71,10 +93,6 @@ struct PullArgs {
     /// containers-registries.d directory: where simple-signing signatures live (lookaside).
     #[arg(long = "registries-d", value_name = "DIR")]
     registries_d: Option<PathBuf>,
-    /// Resolve kbs:/// URIs (policy, keys) from files DIR/<repo>/<type>/<tag>. Development
-    /// only: inside a TEE the attestation-agent releases them.
-    #[arg(long, value_name = "DIR")]
-    kbs_dir: Option<PathBuf>,
     /// Platform to select from a multi-platform image (default: this machine's).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     platform: Option<Platform>,
@@ -91,6 +109,13 @@ struct PullArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Private key (PEM or JWK) for encrypted layers; repeatable, as skopeo's flag.
+    #[arg(long = "decryption-key", value_name = "FILE")]
+    decryption_keys: Vec<PathBuf>,
+    /// Development only: serve kbs:/// resources (layer KEKs, signature policy and keys) from DIR/REPO/TYPE/TAG,
+    /// without attestation. In a confidential guest the attestation-agent does this.
+    #[arg(long, value_name = "DIR")]
+    key_source_dir: Option<PathBuf>,
     /// Image reference, e.g. registry.example/app:1 or …@sha256:…
     #[arg(value_name = "REF")]
     reference: Option<String>,
@@ -129,6 +154,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Gc { work_dir }) => gc(&work_dir),
+        Some(Command::Encrypt(args)) => encrypt(&args),
         None => runtime.block_on(pull(cli.pull)),
     };
     match result {
@@ -191,7 +217,7 @@ fn gc(work_dir: &std::path::Path) -> anyhow::Result<()> {
 
 /// The signature policy of this pull: `--policy`, or the built-in accept-anything default.
 async fn signature_verifier(args: &PullArgs) -> anyhow::Result<ImageVerifier> {
-    let keys: Arc<dyn image_rs::keysource::KeySource> = match &args.kbs_dir {
+    let keys: Arc<dyn image_rs::keysource::KeySource> = match &args.key_source_dir {
         Some(dir) => Arc::new(image_rs::keysource::DirKeySource::new(dir)),
         None => Arc::new(image_rs::keysource::NoKeySource),
     };
@@ -205,6 +231,40 @@ async fn signature_verifier(args: &PullArgs) -> anyhow::Result<ImageVerifier> {
             ImageVerifier::builtin_accept_anything(rd, keys)
         }
     })
+}
+
+fn decrypt_config(args: &PullArgs) -> anyhow::Result<DecryptConfig> {
+    let mut keys = Vec::new();
+    for p in &args.decryption_keys {
+        keys.push(DecryptionKey::load(p).map_err(anyhow::Error::msg)?);
+    }
+    let key_source: Arc<dyn image_rs::keysource::KeySource> = match &args.key_source_dir {
+        Some(dir) => Arc::new(image_rs::keysource::DirKeySource::new(dir)),
+        None => Arc::new(image_rs::keysource::NoKeySource),
+    };
+    Ok(DecryptConfig { keys: Arc::new(keys), key_source })
+}
+
+/// `DIR:TAG` (the tag is after the last colon).
+fn layout_ref(s: &str) -> anyhow::Result<(PathBuf, &str)> {
+    match s.rsplit_once(':') {
+        Some((dir, tag)) if !dir.is_empty() && !tag.is_empty() && !tag.contains('/') => Ok((PathBuf::from(dir), tag)),
+        _ => anyhow::bail!("{s:?}: expected OCI_LAYOUT_DIR:TAG"),
+    }
+}
+
+fn encrypt(args: &EncryptArgs) -> anyhow::Result<()> {
+    let (src, src_tag) = layout_ref(&args.src)?;
+    let (dst, dst_tag) = layout_ref(&args.dst)?;
+    let recipients = args
+        .recipients
+        .iter()
+        .map(|r| Recipient::parse(r).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let out = encrypt_layout(&src, src_tag, &dst, dst_tag, &recipients)?;
+    eprintln!("encrypted {} layers for {} recipients into {}:{dst_tag}", out.layers, recipients.len(), dst.display());
+    println!("{}", out.manifest_digest);
+    Ok(())
 }
 
 async fn pull(args: PullArgs) -> anyhow::Result<()> {
@@ -246,7 +306,7 @@ async fn pull(args: PullArgs) -> anyhow::Result<()> {
     if let Some(max) = args.max_layer_bytes {
         opts.pipeline.limits.max_bytes = max;
     }
-    let puller = Puller::new(registry, store, opts);
+    let puller = Puller::new(registry, store, opts).with_decryption(decrypt_config(&args)?);
 
     let pulled = puller.pull_verified(&reference, &verifier).await?;
     let mode = match args.rootfs {

@@ -48,6 +48,8 @@ pub enum LayerError {
     Store(#[from] crate::store::StoreError),
     #[error("layer {digest}: unpack task failed: {reason}")]
     Task { digest: Digest, reason: String },
+    #[error(transparent)]
+    Decrypt(#[from] crate::ocicrypt::OcicryptError),
 }
 
 /// Marks the layer's unpack as abandoned when the pull stops waiting for it.
@@ -70,6 +72,9 @@ pub struct LayerJob {
     pub chain_id: Digest,
     /// Committed directories of the layers below, top-most first.
     pub lower_roots: Vec<PathBuf>,
+    /// For an encrypted layer: its unwrapped key. The blob is decrypted as it
+    /// streams and the layer commits only after the HMAC has been verified.
+    pub decryption: Option<Arc<crate::ocicrypt::LayerKey>>,
 }
 
 #[derive(Debug, Clone)]
@@ -104,7 +109,8 @@ impl Read for ChannelReader {
             match self.rx.blocking_recv() {
                 Some(chunk) => self.current = chunk,
                 None if self.aborted.load(Ordering::Acquire) => {
-                    return Err(io::Error::new(io::ErrorKind::Interrupted, "download aborted"))
+                    // Not `Interrupted`: `io::copy` and `read_exact` retry that forever.
+                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "download aborted"));
                 }
                 None => return Ok(0),
             }
@@ -221,6 +227,9 @@ async fn download(
 ) -> Result<u64, LayerError> {
     let digest = &job.blob_digest;
     let mut hasher = Hasher::default();
+    // Sees exactly the bytes the hasher sees, in order (resume included).
+    let mut decryptor = job.decryption.as_ref().map(|k| k.decryptor());
+    let mut unpacker_gone = false;
     let mut attempts = 0u32;
     let mut last_error = String::new();
     'attempt: loop {
@@ -266,9 +275,19 @@ async fn download(
                 return Err(LayerError::Oversized { digest: digest.clone(), size: job.blob_size });
             }
             hasher.update(&chunk);
-            if tx.send(chunk).await.is_err() {
-                // The unpacker stopped (its error is the one to report).
-                return Ok(hasher.len());
+            if let Some(d) = decryptor.as_mut() {
+                let mut plain = bytes::BytesMut::from(&chunk[..]);
+                d.update(&mut plain);
+                chunk = plain.freeze();
+            }
+            if !unpacker_gone && tx.send(chunk).await.is_err() {
+                if decryptor.is_none() {
+                    // The unpacker stopped (its error is the one to report).
+                    return Ok(hasher.len());
+                }
+                // Encrypted: read on to check the HMAC, so tampering is
+                // reported as such rather than as a decompression error.
+                unpacker_gone = true;
             }
         }
     }
@@ -279,6 +298,9 @@ async fn download(
     let actual = hasher.finish();
     if actual != *digest {
         return Err(LayerError::BlobDigest { digest: digest.clone(), actual });
+    }
+    if let Some(d) = decryptor {
+        d.finish()?;
     }
     Ok(size)
 }

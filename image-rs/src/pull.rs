@@ -11,8 +11,9 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use oci_spec::distribution::Reference;
 
 use crate::digest::Digest;
+use crate::ocicrypt::{self, DecryptConfig, OcicryptError};
 use crate::pipeline::{fetch_layer, LayerError, LayerJob, PipelineOptions};
-use crate::registry::{layer_compression, parse_digest, Registry, RegistryError, ResolvedImage};
+use crate::registry::{layer_media, parse_digest, Registry, RegistryError, ResolvedImage};
 use crate::signature::{ImageVerifier, SignatureError};
 use crate::store::{chain_ids, ImageRecord, LayerStore, StoreError};
 
@@ -28,6 +29,8 @@ pub enum PullError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Signature(#[from] SignatureError),
+    #[error(transparent)]
+    Decrypt(#[from] OcicryptError),
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +53,8 @@ pub struct Puller {
     opts: PullOptions,
     /// chain id → lock held while one task fetches that layer.
     inflight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Keys for encrypted layers (none by default: encrypted images fail closed).
+    decrypt: DecryptConfig,
 }
 
 /// The result of a pull: the image record and its layer directories.
@@ -68,7 +73,13 @@ pub fn parse_reference(s: &str) -> Result<Reference, PullError> {
 
 impl Puller {
     pub fn new(registry: Registry, store: Arc<LayerStore>, opts: PullOptions) -> Self {
-        Puller { registry, store, opts, inflight: Mutex::new(HashMap::new()) }
+        Puller { registry, store, opts, inflight: Mutex::new(HashMap::new()), decrypt: DecryptConfig::default() }
+    }
+
+    /// Sets the private keys and key source used to unwrap encrypted layers.
+    pub fn with_decryption(mut self, decrypt: DecryptConfig) -> Self {
+        self.decrypt = decrypt;
+        self
     }
 
     pub fn store(&self) -> &LayerStore {
@@ -110,17 +121,33 @@ impl Puller {
             .collect::<Result<_, _>>()?;
         let chains = chain_ids(&diff_ids);
         let mut jobs = Vec::with_capacity(chains.len());
+        let mut encrypted = Vec::new();
         for (i, desc) in resolved.manifest.layers().iter().enumerate() {
             let lower_roots = chains[..i].iter().rev().map(|c| self.store.layer_path(c)).collect();
+            let media = layer_media(desc.media_type())?;
+            let blob_digest = parse_digest("layer descriptor", desc.digest().as_ref())?;
+            if media.encrypted {
+                encrypted.push((i, (blob_digest.clone(), desc.annotations().as_ref())));
+            }
             jobs.push(LayerJob {
                 source: resolved.source.clone(),
-                blob_digest: parse_digest("layer descriptor", desc.digest().as_ref())?,
+                blob_digest,
                 blob_size: desc.size(),
-                compression: layer_compression(desc.media_type())?,
+                compression: media.compression,
                 diff_id: diff_ids[i].clone(),
                 chain_id: chains[i].clone(),
                 lower_roots,
+                decryption: None,
             });
+        }
+        // Key release is the gate: every encrypted layer's key is unwrapped
+        // here, before any layer is fetched or a cached one is reused.
+        if !encrypted.is_empty() {
+            let layers: Vec<_> = encrypted.iter().map(|(_, l)| l.clone()).collect();
+            let keys = ocicrypt::unwrap_layer_keys(&layers, &self.decrypt).await?;
+            for ((i, _), key) in encrypted.iter().zip(keys) {
+                jobs[*i].decryption = Some(Arc::new(key));
+            }
         }
 
         let mut fetched = 0usize;

@@ -256,7 +256,7 @@ fn gpg_simple_signing_accepts_the_right_key_and_rejects_everything_else() {
     assert_accepted(&out, &bundle);
     let _ = Command::new("umount").arg(bundle.join("rootfs")).status();
 
-    // Accepted: armored keyData, and keyPaths with a kbs:/// URI through --kbs-dir.
+    // Accepted: armored keyData, and keyPaths with a kbs:/// URI through --key-source-dir.
     let c = Case::new();
     let rd = c.lookaside(&look_url);
     let data = base64::engine::general_purpose::STANDARD.encode(owner.export(true));
@@ -275,7 +275,7 @@ fn gpg_simple_signing_accepts_the_right_key_and_rejects_everything_else() {
     let bundle = c.path("bundle");
     let out = Command::new(PULL)
         .args(["--work-dir", p(work.path()), "--plain-http", "--rootfs", "flatten"])
-        .args(["--policy", "kbs:///default/policy/1", "--kbs-dir", p(&c.path("kbs")), "--registries-d", &rd])
+        .args(["--policy", "kbs:///default/policy/1", "--key-source-dir", p(&c.path("kbs")), "--registries-d", &rd])
         .args([&reference, p(&bundle)])
         .output()
         .unwrap();
@@ -512,7 +512,7 @@ fn cosign_signatures_accept_the_right_key_and_reject_everything_else() {
     c.write("kbs/default/cosign-public-key/1", std::fs::read(&owner_pub).unwrap());
     let policy = json!({"default": [{"type": "sigstoreSigned", "keyPath": "kbs:///default/cosign-public-key/1", "signedIdentity": {"type": "matchRepository"}}]});
     let kbs = c.path("kbs");
-    let (out, bundle) = c.pull(work.path(), &policy, &["--kbs-dir", p(&kbs)], &repo("app:1"));
+    let (out, bundle) = c.pull(work.path(), &policy, &["--key-source-dir", p(&kbs)], &repo("app:1"));
     assert_accepted(&out, &bundle);
 
     // Wrong key (layers cached now: verification still runs).

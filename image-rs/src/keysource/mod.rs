@@ -6,10 +6,12 @@
 //! only after the KBS has verified the TEE's evidence; tests and development
 //! use [`DirKeySource`]. A key source never logs or formats resource bytes.
 
+mod aa;
 mod uri;
 
 use std::path::PathBuf;
 
+pub use aa::{AaKeySource, DEFAULT_AA_SOCKET};
 pub use uri::{ResourceUri, UriError};
 use zeroize::Zeroizing;
 

@@ -332,3 +332,59 @@ pub fn layer_compression(media_type: &MediaType) -> Result<Compression, Registry
         _ => Err(RegistryError::MediaType { what: "layer".into(), media_type: mt }),
     }
 }
+
+/// A layer media type: its compression, and whether the blob is ocicrypt-encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerMedia {
+    pub compression: Compression,
+    pub encrypted: bool,
+}
+
+/// Like [`layer_compression`], but also accepts the ocicrypt `+encrypted` forms
+/// (`tar`, `tar+gzip`, `tar+zstd`, Docker `rootfs.diff.tar.gzip`).
+pub fn layer_media(media_type: &MediaType) -> Result<LayerMedia, RegistryError> {
+    let mt = media_type.to_string();
+    let inner = match mt.as_str() {
+        "application/vnd.oci.image.layer.v1.tar+encrypted" => "application/vnd.oci.image.layer.v1.tar",
+        "application/vnd.oci.image.layer.v1.tar+gzip+encrypted" => "application/vnd.oci.image.layer.v1.tar+gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd+encrypted" => "application/vnd.oci.image.layer.v1.tar+zstd",
+        "application/vnd.docker.image.rootfs.diff.tar.gzip+encrypted" => {
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        }
+        m if m.ends_with("+encrypted") => {
+            return Err(RegistryError::MediaType { what: "encrypted layer".into(), media_type: mt })
+        }
+        _ => return Ok(LayerMedia { compression: layer_compression(media_type)?, encrypted: false }),
+    };
+    Ok(LayerMedia { compression: layer_compression(&MediaType::from(inner))?, encrypted: true })
+}
+
+#[cfg(test)]
+mod layer_media_tests {
+    use super::*;
+
+    #[test]
+    fn maps_encrypted_media_types_to_their_compression() {
+        let m = |s: &str| layer_media(&MediaType::from(s));
+        for (mt, c) in [
+            ("application/vnd.oci.image.layer.v1.tar+encrypted", Compression::None),
+            ("application/vnd.oci.image.layer.v1.tar+gzip+encrypted", Compression::Gzip),
+            ("application/vnd.oci.image.layer.v1.tar+zstd+encrypted", Compression::Zstd),
+            ("application/vnd.docker.image.rootfs.diff.tar.gzip+encrypted", Compression::Gzip),
+        ] {
+            assert_eq!(m(mt).unwrap(), LayerMedia { compression: c, encrypted: true }, "{mt}");
+        }
+        assert_eq!(
+            m("application/vnd.oci.image.layer.v1.tar+gzip").unwrap(),
+            LayerMedia { compression: Compression::Gzip, encrypted: false }
+        );
+        for bad in [
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip+encrypted",
+            "application/vnd.oci.image.layer.v1.tar+bzip2+encrypted",
+            "+encrypted",
+            "application/octet-stream",
+        ] {
+            assert!(m(bad).is_err(), "{bad}");
+        }
+    }
+}

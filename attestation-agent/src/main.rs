@@ -1,0 +1,117 @@
+//! `attestation-agent`: `serve` (the ttrpc daemon), `get-resource` and
+//! `get-evidence` (one-shot). Only wiring: config, logging, signals.
+//! Logs go to stderr; stdout carries only the requested bytes.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use attestation_agent::agent::{Agent, StartOptions};
+use attestation_agent::attester::device::LinuxKernel;
+use attestation_agent::config::Config;
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(
+    name = "attestation-agent",
+    about = "TEE evidence, KBS attestation and key release for the confidential guest"
+)]
+struct Cli {
+    /// aa.toml; without it, /etc/attestation-agent/aa.toml, then agent.aa_kbc_params on the kernel command line.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the ttrpc API on the configured unix socket.
+    Serve,
+    /// Fetch one resource (kbs:///repo/type/tag) and write its bytes to stdout.
+    GetResource { uri: String },
+    /// Print evidence JSON binding the given runtime data (at most 64 bytes).
+    GetEvidence {
+        #[arg(long)]
+        runtime_data_b64: String,
+    },
+}
+
+const DEFAULT_CONFIG: &str = "/etc/attestation-agent/aa.toml";
+
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    if let Some(path) = path {
+        return Ok(Config::load(&path)?);
+    }
+    let default = PathBuf::from(DEFAULT_CONFIG);
+    if default.exists() {
+        return Ok(Config::load(&default)?);
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").context("cannot read /proc/cmdline")?;
+    Ok(Config::from_kernel_cmdline(&cmdline)?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(cli.config)?;
+    let serving = matches!(cli.command, Command::Serve);
+    let agent = Agent::start(&config, StartOptions { kernel: Arc::new(LinuxKernel), eventlog: serving })
+        .context("attestation-agent cannot start")?;
+    match cli.command {
+        Command::Serve => {
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            let stop = async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            };
+            attestation_agent::server::serve_until(Arc::new(agent), &config.server.socket, stop).await
+        }
+        Command::GetResource { uri } => {
+            let bytes = agent.resource(&uri).await?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)?;
+            out.flush()?;
+            Ok(())
+        }
+        Command::GetEvidence { runtime_data_b64 } => {
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(runtime_data_b64.trim())
+                .context("--runtime-data-b64 is not standard base64")?;
+            let evidence = agent.evidence(&data).await?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&evidence)?;
+            out.write_all(b"\n")?;
+            Ok(())
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let level = match std::env::var("AA_LOG").as_deref() {
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("warn") => tracing::Level::WARN,
+        Ok("error") => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_max_level(level).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("attestation-agent: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("attestation-agent: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
