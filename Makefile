@@ -8,7 +8,7 @@ STATIC_FLAGS := -C target-feature=+crt-static
 RELEASE_DIR  := target/$(TARGET)/release
 
 # Real peers the integration tests drive (Debian packages).
-TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates runc crun
+TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates runc crun gnupg
 # The guest image and the QEMU harness (rootfs/, tests/vm).
 TEST_PKGS    += qemu-system-x86 linux-image-amd64 cpio kmod xz-utils file
 ROOTFS_DIR   := target/rootfs

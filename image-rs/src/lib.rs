@@ -18,5 +18,6 @@ pub mod ocicrypt;
 pub mod pipeline;
 pub mod pull;
 pub mod registry;
+pub mod signature;
 pub mod store;
 pub mod unpack;

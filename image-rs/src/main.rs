@@ -1,6 +1,7 @@
 //! `image-pull`: pull an image inside the guest and unpack it as an OCI bundle.
 //!
-//!     image-pull [--work-dir DIR] [--plain-http] [--ca-file PEM] [--creds USER:PASS]
+//!     image-pull [--policy policy.json|kbs:///…] [--registries-d DIR] [--key-source-dir DIR]
+//!                [--work-dir DIR] [--plain-http] [--ca-file PEM] [--creds USER:PASS]
 //!                [--auth-file auth.json] [--registry-config FILE] [--platform os/arch] REF BUNDLE_DIR
 //!     image-pull gc [--work-dir DIR]
 //!     image-pull encrypt --recipient jwe:PUB.pem|provider:NAME:kbs:///R/T/T:KEKFILE … SRC_LAYOUT:TAG DST_LAYOUT:TAG
@@ -25,6 +26,7 @@ use image_rs::registry::auth::{AuthStore, Credentials};
 use image_rs::registry::config::RegistriesConfig;
 use image_rs::registry::http::{Distribution, HttpOptions};
 use image_rs::registry::{Platform, Registry};
+use image_rs::signature::{ImageVerifier, RegistriesD};
 use image_rs::store::LayerStore;
 
 #[derive(Debug, Parser)]
@@ -84,6 +86,13 @@ struct PullArgs {
     /// registries.conf-style TOML: mirrors, remapping, insecure/blocked registries, proxy, CAs.
     #[arg(long, value_name = "FILE")]
     registry_config: Option<PathBuf>,
+    /// Signature policy (containers-policy.json), a file or a kbs:/// URI. Without it every
+    /// image is accepted unverified, with a warning (see README).
+    #[arg(long, value_name = "FILE|kbs:///REPO/TYPE/TAG")]
+    policy: Option<String>,
+    /// containers-registries.d directory: where simple-signing signatures live (lookaside).
+    #[arg(long = "registries-d", value_name = "DIR")]
+    registries_d: Option<PathBuf>,
     /// Platform to select from a multi-platform image (default: this machine's).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     platform: Option<Platform>,
@@ -103,7 +112,7 @@ struct PullArgs {
     /// Private key (PEM or JWK) for encrypted layers; repeatable, as skopeo's flag.
     #[arg(long = "decryption-key", value_name = "FILE")]
     decryption_keys: Vec<PathBuf>,
-    /// Development only: serve kbs:/// resources (layer KEKs) from DIR/REPO/TYPE/TAG,
+    /// Development only: serve kbs:/// resources (layer KEKs, signature policy and keys) from DIR/REPO/TYPE/TAG,
     /// without attestation. In a confidential guest the attestation-agent does this.
     #[arg(long, value_name = "DIR")]
     key_source_dir: Option<PathBuf>,
@@ -206,6 +215,24 @@ fn gc(work_dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The signature policy of this pull: `--policy`, or the built-in accept-anything default.
+async fn signature_verifier(args: &PullArgs) -> anyhow::Result<ImageVerifier> {
+    let keys: Arc<dyn image_rs::keysource::KeySource> = match &args.key_source_dir {
+        Some(dir) => Arc::new(image_rs::keysource::DirKeySource::new(dir)),
+        None => Arc::new(image_rs::keysource::NoKeySource),
+    };
+    Ok(match &args.policy {
+        Some(policy) => ImageVerifier::load(policy, args.registries_d.as_deref(), keys).await?,
+        None => {
+            let rd = match &args.registries_d {
+                Some(dir) => RegistriesD::load_dir(dir)?,
+                None => RegistriesD::default(),
+            };
+            ImageVerifier::builtin_accept_anything(rd, keys)
+        }
+    })
+}
+
 fn decrypt_config(args: &PullArgs) -> anyhow::Result<DecryptConfig> {
     let mut keys = Vec::new();
     for p in &args.decryption_keys {
@@ -246,6 +273,7 @@ async fn pull(args: PullArgs) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let reference = parse_reference(reference)?;
+    let verifier = signature_verifier(&args).await?;
     let config = match &args.registry_config {
         Some(p) => RegistriesConfig::load(p)?,
         None => RegistriesConfig::default(),
@@ -280,9 +308,7 @@ async fn pull(args: PullArgs) -> anyhow::Result<()> {
     }
     let puller = Puller::new(registry, store, opts).with_decryption(decrypt_config(&args)?);
 
-    let resolved = puller.resolve(&reference).await?;
-    tracing::info!(reference = %reference.whole(), manifest = %resolved.manifest_digest, layers = resolved.manifest.layers().len(), "resolved");
-    let pulled = puller.pull_resolved(&reference, resolved).await?;
+    let pulled = puller.pull_verified(&reference, &verifier).await?;
     let mode = match args.rootfs {
         RootfsArg::Auto => RootfsMode::Auto,
         RootfsArg::Overlay => RootfsMode::Overlay,

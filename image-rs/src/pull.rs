@@ -14,6 +14,7 @@ use crate::digest::Digest;
 use crate::ocicrypt::{self, DecryptConfig, OcicryptError};
 use crate::pipeline::{fetch_layer, LayerError, LayerJob, PipelineOptions};
 use crate::registry::{layer_media, parse_digest, Registry, RegistryError, ResolvedImage};
+use crate::signature::{ImageVerifier, SignatureError};
 use crate::store::{chain_ids, ImageRecord, LayerStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,8 @@ pub enum PullError {
     Layer(#[from] LayerError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
     #[error(transparent)]
     Decrypt(#[from] OcicryptError),
 }
@@ -87,6 +90,20 @@ impl Puller {
     /// re-verified on every pull, cached layers or not).
     pub async fn resolve(&self, reference: &Reference) -> Result<ResolvedImage, PullError> {
         Ok(self.registry.resolve(reference).await?)
+    }
+
+    /// The one pull entry point that checks signatures: resolve, evaluate the
+    /// signature policy on the verified manifest, and only then fetch layers.
+    /// The policy runs on every call, even when every layer is in the store.
+    pub async fn pull_verified(
+        &self,
+        reference: &Reference,
+        verifier: &ImageVerifier,
+    ) -> Result<PulledImage, PullError> {
+        let resolved = self.resolve(reference).await?;
+        tracing::info!(reference = %reference.whole(), manifest = %resolved.manifest_digest, layers = resolved.manifest.layers().len(), "resolved");
+        verifier.verify(&self.registry, reference, &resolved).await?;
+        self.pull_resolved(reference, resolved).await
     }
 
     /// Pulls a resolved image's missing layers and records the image.

@@ -231,6 +231,25 @@ impl Registry {
         Ok((read_limited(resp, MANIFEST_LIMIT).await?, media_type))
     }
 
+    /// GETs `/v2/<repository>/<path>` on `source` and reads at most `limit`
+    /// bytes, with the response's media type. For signature lookups (cosign
+    /// `.sig` manifests and payloads, the referrers API).
+    pub async fn get_limited(
+        &self,
+        source: &Source,
+        path: &str,
+        accept: &[&str],
+        limit: u64,
+    ) -> Result<(Vec<u8>, Option<String>), RegistryError> {
+        let resp = self.http.get(&source.registry, &source.repository, path, accept, None).await?;
+        let media_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
+        Ok((read_limited(resp, limit).await?, media_type))
+    }
+
     /// Opens a layer blob at byte `offset`. Returns the response and the
     /// offset its body actually starts at (0 when the registry ignored Range).
     pub async fn open_blob(
