@@ -1,13 +1,15 @@
 //! `image-pull`: pull an image inside the guest and unpack it as an OCI bundle.
 //!
-//!     image-pull [--policy policy.json|kbs:///…] [--registries-d DIR] [--key-source-dir DIR]
+//!     image-pull [--policy policy.json|kbs:///…] [--registries-d DIR]
+//!                [--attestation-agent ADDR | --key-source-dir DIR]
 //!                [--work-dir DIR] [--plain-http] [--ca-file PEM] [--creds USER:PASS]
 //!                [--auth-file auth.json] [--registry-config FILE] [--platform os/arch] REF BUNDLE_DIR
 //!     image-pull gc [--work-dir DIR]
 //!     image-pull encrypt --recipient jwe:PUB.pem|provider:NAME:kbs:///R/T/T:KEKFILE … SRC_LAYOUT:TAG DST_LAYOUT:TAG
 //!
 //! Encrypted images: `--decryption-key FILE` (repeatable; PEM or JWK private
-//! key) and, for provider packets, `--key-source-dir DIR` (development only).
+//! key) and, for provider packets, `--attestation-agent unix:///…` (the KEK is
+//! released by the KBS after attestation) or `--key-source-dir DIR` (development only).
 //!
 //! Exit 0 on success; otherwise non-zero with a one-line reason on stderr.
 
@@ -114,8 +116,12 @@ struct PullArgs {
     decryption_keys: Vec<PathBuf>,
     /// Development only: serve kbs:/// resources (layer KEKs, signature policy and keys) from DIR/REPO/TYPE/TAG,
     /// without attestation. In a confidential guest the attestation-agent does this.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "attestation_agent")]
     key_source_dir: Option<PathBuf>,
+    /// Resolve kbs:/// resources (layer KEKs, signature policy and keys) through the
+    /// attestation-agent at ADDR (unix:///path): released by the KBS only after attestation.
+    #[arg(long, value_name = "ADDR")]
+    attestation_agent: Option<String>,
     /// Image reference, e.g. registry.example/app:1 or …@sha256:…
     #[arg(value_name = "REF")]
     reference: Option<String>,
@@ -215,12 +221,20 @@ fn gc(work_dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where `kbs:///` resources come from: the attestation-agent, a development
+/// directory, or nowhere (a `kbs:///` reference then fails closed).
+fn key_source(args: &PullArgs) -> Arc<dyn image_rs::keysource::KeySource> {
+    use image_rs::keysource::{AaKeySource, DirKeySource, NoKeySource};
+    match (&args.attestation_agent, &args.key_source_dir) {
+        (Some(addr), _) => Arc::new(AaKeySource::new(addr.clone(), std::time::Duration::from_secs(60))),
+        (None, Some(dir)) => Arc::new(DirKeySource::new(dir)),
+        (None, None) => Arc::new(NoKeySource),
+    }
+}
+
 /// The signature policy of this pull: `--policy`, or the built-in accept-anything default.
 async fn signature_verifier(args: &PullArgs) -> anyhow::Result<ImageVerifier> {
-    let keys: Arc<dyn image_rs::keysource::KeySource> = match &args.key_source_dir {
-        Some(dir) => Arc::new(image_rs::keysource::DirKeySource::new(dir)),
-        None => Arc::new(image_rs::keysource::NoKeySource),
-    };
+    let keys = key_source(args);
     Ok(match &args.policy {
         Some(policy) => ImageVerifier::load(policy, args.registries_d.as_deref(), keys).await?,
         None => {
@@ -238,11 +252,7 @@ fn decrypt_config(args: &PullArgs) -> anyhow::Result<DecryptConfig> {
     for p in &args.decryption_keys {
         keys.push(DecryptionKey::load(p).map_err(anyhow::Error::msg)?);
     }
-    let key_source: Arc<dyn image_rs::keysource::KeySource> = match &args.key_source_dir {
-        Some(dir) => Arc::new(image_rs::keysource::DirKeySource::new(dir)),
-        None => Arc::new(image_rs::keysource::NoKeySource),
-    };
-    Ok(DecryptConfig { keys: Arc::new(keys), key_source })
+    Ok(DecryptConfig { keys: Arc::new(keys), key_source: key_source(args) })
 }
 
 /// `DIR:TAG` (the tag is after the last colon).

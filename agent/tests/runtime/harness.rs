@@ -70,7 +70,10 @@ impl Rt {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        let out = std::process::Command::new(root.join("bin/busybox")).arg("--list").output().unwrap();
+        // List applets with the host's copy: executing the file just written
+        // can fail with ETXTBSY while another test thread forks with the
+        // write descriptor still inherited.
+        let out = std::process::Command::new("/bin/busybox").arg("--list").output().unwrap();
         for applet in String::from_utf8_lossy(&out.stdout).lines() {
             if applet != "busybox" {
                 let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
