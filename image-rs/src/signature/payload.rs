@@ -2,9 +2,11 @@
 //! (`"atomic container signature"`) and cosign (`"cosign container image
 //! signature"`):
 //!
-//!     {"critical": {"type": …, "image": {"docker-manifest-digest": "sha256:…"},
-//!                   "identity": {"docker-reference": "host/repo:tag"}},
-//!      "optional": {…}}
+//! ```text
+//! {"critical": {"type": …, "image": {"docker-manifest-digest": "sha256:…"},
+//!               "identity": {"docker-reference": "host/repo:tag"}},
+//!  "optional": {…}}
+//! ```
 //!
 //! `critical` is parsed strictly (an unknown member there means the signer
 //! meant something we do not understand, so the signature is refused);
