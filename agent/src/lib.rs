@@ -15,6 +15,7 @@ pub mod guest_details;
 pub mod init;
 pub mod jail;
 pub mod logging;
+pub mod memory;
 pub mod mount;
 pub mod namespaces;
 pub mod process;

@@ -80,6 +80,7 @@ fn run(args: Args, pid1: bool) -> ExitCode {
         }
     }
 
+    cvm_agent::memory::single_malloc_arena();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {

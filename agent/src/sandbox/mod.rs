@@ -292,6 +292,8 @@ impl Sandbox {
         let c = self.container(id)?;
         c.remove(timeout).await?;
         self.containers.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        drop(c);
+        crate::memory::release_free_heap_soon();
         Ok(())
     }
 
