@@ -6,28 +6,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 use serde_json::Value;
+use support::cli::{manifest_of, our_encrypt, p, pull, stderr};
 use support::layout::{BuiltImage, Compression, ImageBuilder, LayerSpec, TarEntry};
 use support::registry::{Registry, RegistryOptions};
-
-const PULL: &str = env!("CARGO_BIN_EXE_image-pull");
-
-fn image_pull(args: &[&str]) -> Output {
-    Command::new(PULL).args(args).output().expect("run image-pull")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 fn tools() -> bool {
     support::require_tools(&["docker-registry", "skopeo", "openssl"])
@@ -76,72 +61,6 @@ fn image(docker_gzip: bool) -> BuiltImage {
         .build()
 }
 
-/// Path → type, mode, owner, size, link count, mtime and content of everything under `dir`.
-fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
-    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let path = e.unwrap().path();
-            let m = std::fs::symlink_metadata(&path).unwrap();
-            let content = if m.file_type().is_symlink() {
-                format!("-> {:?}", std::fs::read_link(&path).unwrap())
-            } else if m.is_file() {
-                support::sha256_hex(&std::fs::read(&path).unwrap())
-            } else {
-                String::new()
-            };
-            let mtime = if m.is_dir() { 0 } else { m.mtime() };
-            out.insert(
-                path.strip_prefix(base).unwrap().to_owned(),
-                format!("{:o} {}:{} {} n{} t{mtime} {content}", m.mode(), m.uid(), m.gid(), m.size(), m.nlink()),
-            );
-            if m.is_dir() {
-                walk(base, &path, out);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-struct Pull {
-    out: Output,
-    work: PathBuf,
-    bundle: PathBuf,
-}
-
-impl Pull {
-    fn ok(&self) -> &Self {
-        assert!(self.out.status.success(), "pull failed: {}", stderr(&self.out));
-        self
-    }
-    fn err(&self) -> String {
-        assert!(!self.out.status.success(), "pull unexpectedly succeeded: {}", stderr(&self.out));
-        stderr(&self.out)
-    }
-    fn rootfs(&self) -> BTreeMap<PathBuf, String> {
-        tree(&self.bundle.join("rootfs"))
-    }
-    /// Committed layer directories in the store.
-    fn committed_layers(&self) -> usize {
-        std::fs::read_dir(self.work.join("layers")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count()
-    }
-    fn staging_left(&self) -> usize {
-        std::fs::read_dir(self.work.join("staging")).unwrap().count()
-    }
-}
-
-fn pull(reg: &Registry, work: &Path, repo_tag: &str, extra: &[&str]) -> Pull {
-    let bundle = tempfile::tempdir().unwrap().keep().join("bundle");
-    let mut args = vec!["--work-dir", p(work), "--plain-http", "--rootfs", "flatten"];
-    args.extend_from_slice(extra);
-    let reference = reg.reference(repo_tag);
-    args.push(&reference);
-    args.push(p(&bundle));
-    let out = image_pull(&args);
-    Pull { out, work: work.to_owned(), bundle }
-}
-
 /// Pushes `img` as `repo_tag`, optionally encrypted by skopeo on the way.
 fn push(reg: &Registry, img: &BuiltImage, repo_tag: &str, skopeo_args: &[&str]) {
     let layout = tempfile::tempdir().unwrap();
@@ -151,29 +70,6 @@ fn push(reg: &Registry, img: &BuiltImage, repo_tag: &str, skopeo_args: &[&str]) 
     } else {
         reg.push_with_skopeo_args(layout.path(), "t", repo_tag, skopeo_args).unwrap_or_else(|e| panic!("{e}"));
     }
-}
-
-/// Encrypts layout `src:t` into `dst:t` with `image-pull encrypt`.
-fn our_encrypt(src: &Path, dst: &Path, recipients: &[String]) {
-    let mut cmd = Command::new(PULL);
-    cmd.arg("encrypt");
-    for r in recipients {
-        cmd.args(["--recipient", r]);
-    }
-    cmd.arg(format!("{}:t", p(src))).arg(format!("{}:t", p(dst)));
-    support::run_ok(&mut cmd);
-}
-
-fn manifest_of(layout: &Path, tag: &str) -> Value {
-    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let entry = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap();
-    let hex = entry["digest"].as_str().unwrap().strip_prefix("sha256:").unwrap();
-    serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap()).unwrap()
 }
 
 #[test]

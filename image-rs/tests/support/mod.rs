@@ -5,6 +5,7 @@
 //! are killed and reaped, temp dirs removed, server threads joined).
 #![allow(dead_code, unused_imports)]
 
+pub mod cli;
 pub mod http;
 pub mod layout;
 pub mod proxy;
