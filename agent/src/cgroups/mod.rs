@@ -3,6 +3,7 @@
 //! read stats and OOM-kill counters, delete. Never touches a cgroup outside
 //! the agent's own subtree: paths are built from validated ids only.
 
+pub mod devices;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -128,46 +129,56 @@ impl ContainerCgroup {
         Ok(())
     }
 
-    /// Freezes and waits until the kernel reports FROZEN (v1 passes
-    /// through FREEZING while tasks are stopped), re-requesting as runc does.
-    /// Device rules, in spec order (v1 devices.allow/deny). cgroup v2 needs
-    /// an eBPF device program, which this agent does not load yet: the rules
-    /// are then logged as not enforced.
+    /// Device rules (see `devices`): v1 devices.allow/deny lines in spec
+    /// order; on v2 an eBPF device program compiled from them.
     fn apply_devices(&self, rules: &[protos::oci::LinuxDeviceCgroup]) -> Result<(), CgroupError> {
         if rules.is_empty() {
             return Ok(());
         }
+        let rules = devices::parse(rules).map_err(|e| CgroupError::Io {
+            path: self.rel.clone(),
+            what: "device rules".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?;
         if self.cg.v2() {
-            tracing::warn!(cgroup = %self.rel, rules = rules.len(), "device cgroup rules are not enforced on cgroup v2 yet");
+            let dir = cgroups_rs::hierarchies::auto().root().join(&self.rel);
+            devices::attach(&dir, &rules).map_err(|source| CgroupError::Io {
+                path: self.rel.clone(),
+                what: "attach the eBPF device program".into(),
+                source,
+            })?;
+            tracing::debug!(cgroup = %self.rel, rules = rules.len(), "device program attached");
             return Ok(());
         }
         let Some(dev) = self.cg.controller_of::<DevicesController>() else { return Ok(()) };
-        for r in rules {
-            let kind = match r.Type.as_str() {
-                "" | "a" => DeviceType::All,
-                "c" => DeviceType::Char,
-                "b" => DeviceType::Block,
-                other => {
-                    return Err(CgroupError::Io {
-                        path: self.rel.clone(),
-                        what: format!("device rule type {other:?}"),
-                        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "expected a, c or b"),
-                    })
-                }
+        for r in &rules {
+            let kind = match r.kind {
+                None => DeviceType::All,
+                Some(devices::DevKind::Char) => DeviceType::Char,
+                Some(devices::DevKind::Block) => DeviceType::Block,
             };
-            let access = if r.Access.is_empty() { "rwm" } else { r.Access.as_str() };
-            let perms = DevicePermissions::from_str(access).map_err(self.err())?;
-            let (major, minor) = (r.Major.max(-1), r.Minor.max(-1));
-            let (major, minor) = if kind == DeviceType::All { (-1, -1) } else { (major, minor) };
-            if r.Allow {
-                dev.allow_device(kind, major, minor, &perms).map_err(self.err())?;
+            let mut perms = Vec::new();
+            for (bit, p) in [
+                (devices::ACC_READ, DevicePermissions::Read),
+                (devices::ACC_WRITE, DevicePermissions::Write),
+                (devices::ACC_MKNOD, DevicePermissions::MkNod),
+            ] {
+                if r.access & bit != 0 {
+                    perms.push(p);
+                }
+            }
+            let num = |n: Option<u32>| n.map_or(-1, i64::from);
+            if r.allow {
+                dev.allow_device(kind, num(r.major), num(r.minor), &perms).map_err(self.err())?;
             } else {
-                dev.deny_device(kind, major, minor, &perms).map_err(self.err())?;
+                dev.deny_device(kind, num(r.major), num(r.minor), &perms).map_err(self.err())?;
             }
         }
         Ok(())
     }
 
+    /// Freezes and waits until the kernel reports FROZEN (v1 passes
+    /// through FREEZING while tasks are stopped), re-requesting as runc does.
     pub fn freeze(&self) -> Result<(), CgroupError> {
         let freezer = self.freezer()?;
         for _ in 0..2000 {

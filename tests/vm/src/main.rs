@@ -151,6 +151,11 @@ async fn demo(spec: &VmSpec, ready: Duration) -> anyhow::Result<()> {
     let out = out?;
     anyhow::ensure!(out.stdout.contains(scenario::GREETING), "container output is missing the greeting");
     anyhow::ensure!(
+        out.stdout.contains(scenario::DEVICE_CHECK),
+        "the container's device rules were not enforced (expected {:?})",
+        scenario::DEVICE_CHECK
+    );
+    anyhow::ensure!(
         out.exit_code == scenario::EXIT_CODE,
         "exit code {} instead of {}",
         out.exit_code,

@@ -22,6 +22,9 @@ pub const SANDBOX_HOSTNAME: &str = "cvm-e2e";
 /// What the container prints, and the exit code it ends with.
 pub const GREETING: &str = "hello from a container in the confidential VM";
 pub const EXIT_CODE: i64 = 7;
+/// What the container's device check prints: its spec denies every device but
+/// /dev/null (rw), which the guest's cgroup v2 enforces with an eBPF program.
+pub const DEVICE_CHECK: &str = "devices: null=rw zero=denied";
 
 /// Largest stdout the scenario accepts (the container prints a few lines).
 const STDOUT_LIMIT: usize = 64 * 1024;
@@ -38,7 +41,8 @@ pub struct Outcome {
 }
 
 /// CreateContainer body: the shipped busybox rootfs, read-only, in new pid,
-/// mount, uts and ipc namespaces, running a shell that prints and exits 7.
+/// mount, uts and ipc namespaces, with device rules; a shell that prints,
+/// tries two devices, and exits 7.
 pub fn create_container_request() -> Value {
     json!({
         "container_id": CONTAINER_ID,
@@ -48,7 +52,12 @@ pub fn create_container_request() -> Value {
             "Process": {
                 "Terminal": false,
                 "User": {"UID": 0, "GID": 0},
-                "Args": ["/bin/sh", "-c", format!("echo {GREETING}; echo hostname=$(hostname); exit {EXIT_CODE}")],
+                "Args": ["/bin/sh", "-c", format!(
+                    "echo {GREETING}; echo hostname=$(hostname); \
+                     printf 'devices:'; echo x >/dev/null && printf ' null=rw'; \
+                     head -c1 /dev/zero >/dev/null 2>&1 && echo ' zero=rw' || echo ' zero=denied'; \
+                     exit {EXIT_CODE}"
+                )],
                 "Env": ["PATH=/bin", "HOME=/root"],
                 "Cwd": "/"
             },
@@ -62,7 +71,11 @@ pub fn create_container_request() -> Value {
                 {"destination": "/tmp", "source": "tmpfs", "type_": "tmpfs", "options": ["nosuid", "nodev"]}
             ],
             "Linux": {
-                "Namespaces": [{"Type": "pid"}, {"Type": "mount"}, {"Type": "uts"}, {"Type": "ipc"}]
+                "Namespaces": [{"Type": "pid"}, {"Type": "mount"}, {"Type": "uts"}, {"Type": "ipc"}],
+                "Resources": {"Devices": [
+                    {"Allow": false, "Type": "a", "Major": -1, "Minor": -1, "Access": "rwm"},
+                    {"Allow": true, "Type": "c", "Major": 1, "Minor": 3, "Access": "rw"}
+                ]}
             }
         }
     })

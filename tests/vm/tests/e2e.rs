@@ -114,7 +114,7 @@ fn busybox_container_lifecycle_then_the_vm_powers_itself_off() {
     let outcome = outcome.unwrap_or_else(|e| panic!("{e:#}\n--- console ---\n{console}"));
     assert_eq!(
         outcome.stdout,
-        format!("{}\nhostname={}\n", scenario::GREETING, scenario::SANDBOX_HOSTNAME),
+        format!("{}\nhostname={}\n{}\n", scenario::GREETING, scenario::SANDBOX_HOSTNAME, scenario::DEVICE_CHECK),
         "container stdout"
     );
     assert_eq!(outcome.exit_code, scenario::EXIT_CODE);
