@@ -32,7 +32,7 @@ pub struct CreateParams {
     pub cgroup_path: String,
     pub shared: SharedNamespaces,
     /// Where OOM kills of this container are announced (GetOOMEvent).
-    pub oom_events: mpsc::UnboundedSender<String>,
+    pub oom_events: mpsc::Sender<String>,
 }
 
 /// How often the OOM-kill counter of a container is sampled.
@@ -188,11 +188,7 @@ impl Container {
 }
 
 /// Samples the cgroup's OOM-kill counter and announces each new kill.
-fn spawn_oom_watch(
-    id: String,
-    cgroup: &ContainerCgroup,
-    tx: mpsc::UnboundedSender<String>,
-) -> tokio::task::JoinHandle<()> {
+fn spawn_oom_watch(id: String, cgroup: &ContainerCgroup, tx: mpsc::Sender<String>) -> tokio::task::JoinHandle<()> {
     let file = cgroup.memory_dir().map(|d| d.join(if cgroup.is_v2() { "memory.events" } else { "memory.oom_control" }));
     tokio::spawn(async move {
         let Some(file) = file else { return };
@@ -209,8 +205,12 @@ fn spawn_oom_watch(
             if now > seen {
                 seen = now;
                 tracing::info!(container = %id, "OOM kill in container");
-                if tx.send(id.clone()).is_err() {
-                    return;
+                match tx.try_send(id.clone()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::warn!(container = %id, "OOM event dropped: the host is not reading GetOOMEvent");
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
                 }
             }
         }

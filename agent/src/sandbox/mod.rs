@@ -25,6 +25,9 @@ use storage::Prepared;
 
 pub use crate::container::create::SharedNamespaces;
 
+/// OOM kills waiting for the host's GetOOMEvent long poll.
+const OOM_EVENT_BACKLOG: usize = 64;
+
 /// Where the runtime keeps its files and cgroups.
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
@@ -65,8 +68,8 @@ pub struct Sandbox {
     containers: RwLock<HashMap<String, Arc<Container>>>,
     /// Ids being created, so two CreateContainer calls cannot race.
     creating: Mutex<HashSet<String>>,
-    oom_tx: mpsc::UnboundedSender<String>,
-    oom_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+    oom_tx: mpsc::Sender<String>,
+    oom_rx: tokio::sync::Mutex<mpsc::Receiver<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -75,7 +78,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Sandbox {
     pub fn new(reaper: Reaper, shutdown: Shutdown, config: RuntimeConfig) -> Sandbox {
-        let (oom_tx, oom_rx) = mpsc::unbounded_channel();
+        // Bounded: a host that never calls GetOOMEvent must not grow the
+        // agent's memory; later events are dropped (and logged) instead.
+        let (oom_tx, oom_rx) = mpsc::channel(OOM_EVENT_BACKLOG);
         Sandbox {
             reaper,
             shutdown,

@@ -55,7 +55,7 @@ pub fn create_container_request() -> Value {
                 "Args": ["/bin/sh", "-c", format!(
                     "echo {GREETING}; echo hostname=$(hostname); \
                      printf 'devices:'; echo x >/dev/null && printf ' null=rw'; \
-                     head -c1 /dev/zero >/dev/null 2>&1 && echo ' zero=rw' || echo ' zero=denied'; \
+                     test -c /dev/zero && {{ head -c1 /dev/zero >/dev/null 2>&1 && echo ' zero=rw' || echo ' zero=denied'; }}; \
                      exit {EXIT_CODE}"
                 )],
                 "Env": ["PATH=/bin", "HOME=/root"],
