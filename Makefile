@@ -3,8 +3,12 @@
 
 CARGO        ?= cargo
 TARGET       ?= x86_64-unknown-linux-gnu
-# Guest binaries link statically against glibc (there is no musl target here).
-STATIC_FLAGS := -C target-feature=+crt-static
+# Guest binaries link statically against glibc (there is no musl target here),
+# and carry no checkout or cargo-home path, so the image's hash (the measured
+# reference value) is the same wherever it is built. Exported for tests/bench.
+CARGO_HOME_DIR  := $(or $(CARGO_HOME),$(HOME)/.cargo)
+GUEST_RUSTFLAGS := -C target-feature=+crt-static --remap-path-prefix=$(CURDIR)=/build --remap-path-prefix=$(CARGO_HOME_DIR)=/cargo
+export GUEST_RUSTFLAGS
 RELEASE_DIR  := target/$(TARGET)/release
 
 # Real peers the integration tests drive (Debian packages).
@@ -46,7 +50,7 @@ build: check-tools
 
 # Statically linked, size-optimised guest binaries (see [profile.release]).
 release: check-tools
-	RUSTFLAGS='$(STATIC_FLAGS)' $(CARGO) build --release --target $(TARGET) -p cvm-agent -p image-rs -p attestation-agent
+	RUSTFLAGS='$(GUEST_RUSTFLAGS)' $(CARGO) build --release --target $(TARGET) -p cvm-agent -p image-rs -p attestation-agent
 	@ls -l $(RELEASE_DIR)/cvm-agent $(RELEASE_DIR)/cvm-agent-ctl $(RELEASE_DIR)/image-pull $(RELEASE_DIR)/attestation-agent
 
 lint: check-tools

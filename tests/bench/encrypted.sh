@@ -67,7 +67,7 @@ if [[ -n ${BENCH_IMAGE_PULL:-} ]]; then
   OURS=$(readlink -f "$BENCH_IMAGE_PULL")
 else
   log "building image-pull (release, static)"
-  (cd "$ROOT" && RUSTFLAGS='-C target-feature=+crt-static' cargo build -q --release --target $TARGET -p image-rs) ||
+  (cd "$ROOT" && RUSTFLAGS="${GUEST_RUSTFLAGS:--C target-feature=+crt-static}" cargo build -q --release --target $TARGET -p image-rs) ||
     die "cargo build failed"
   OURS=$ROOT/target/$TARGET/release/image-pull
 fi

@@ -19,7 +19,7 @@ done
 
 started=$(date +%s)
 echo "building the static release agent and the bench client..."
-(cd "$ROOT" && RUSTFLAGS='-C target-feature=+crt-static' cargo build -q --release --target "$TARGET" -p cvm-agent --bin cvm-agent --example runtime_bench)
+(cd "$ROOT" && RUSTFLAGS="${GUEST_RUSTFLAGS:--C target-feature=+crt-static}" cargo build -q --release --target "$TARGET" -p cvm-agent --bin cvm-agent --example runtime_bench)
 AGENT=${BENCH_AGENT:-$REL/cvm-agent}
 CLIENT=$REL/examples/runtime_bench
 
