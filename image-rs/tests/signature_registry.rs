@@ -14,15 +14,10 @@ use std::process::{Command, Output};
 
 use base64::Engine as _;
 use serde_json::json;
+use support::cli::{p, pull, stderr, PULL};
 use support::layout::{write_blob, Compression, ImageBuilder, LayerSpec, TarEntry};
 use support::registry::{Registry, RegistryOptions};
 use support::run_ok;
-
-const PULL: &str = env!("CARGO_BIN_EXE_image-pull");
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 /// A throwaway GnuPG home with one ed25519 signing key.
 struct Gpg {
@@ -138,10 +133,6 @@ impl Case {
             .unwrap();
         (out, bundle)
     }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[track_caller]
@@ -584,64 +575,20 @@ fn without_a_policy_unsigned_images_pull_with_a_warning_and_bad_policies_fail_cl
     let img = one_layer_image("plain");
     push(&reg, &img, "plain:1", None);
     let work = tempfile::tempdir().unwrap();
-    let c = Case::new();
-    let bundle = c.path("bundle");
-    let out = Command::new(PULL)
-        .args([
-            "--work-dir",
-            p(work.path()),
-            "--plain-http",
-            "--rootfs",
-            "flatten",
-            &reg.reference("plain:1"),
-            p(&bundle),
-        ])
-        .output()
-        .unwrap();
-    assert_accepted(&out, &bundle);
-    assert!(stderr(&out).contains("no signature policy given"), "{}", stderr(&out));
+    let got = pull(&reg, work.path(), "plain:1", &[]);
+    assert_accepted(&got.out, &got.bundle);
+    assert!(stderr(&got.out).contains("no signature policy given"), "{}", stderr(&got.out));
 
     // A policy that does not load stops the pull before the registry is contacted.
+    let c = Case::new();
     for (policy, want) in [
         (r#"{"default":[{"type":"insecureAcceptAnything","note":"x"}]}"#, "unknown field `note`"),
         ("not json", "policy"),
+        ("kbs:///default/policy/1", "no key source is configured that can resolve kbs:///default/policy/1"),
     ] {
-        let c = Case::new();
-        let path = c.write("policy.json", policy);
-        let bundle = c.path("bundle");
-        let out = Command::new(PULL)
-            .args([
-                "--work-dir",
-                p(work.path()),
-                "--plain-http",
-                "--policy",
-                &path,
-                &reg.reference("plain:1"),
-                p(&bundle),
-            ])
-            .output()
-            .unwrap();
-        assert!(!out.status.success() && stderr(&out).contains(want), "{}", stderr(&out));
-        assert!(!bundle.exists());
+        let path = if policy.starts_with("kbs:") { policy.to_string() } else { c.write("policy.json", policy) };
+        let got = pull(&reg, work.path(), "plain:1", &["--policy", &path]);
+        assert!(got.err().contains(want), "{}", stderr(&got.out));
+        assert!(!got.bundle.exists(), "a refused pull wrote {}", got.bundle.display());
     }
-    let c = Case::new();
-    let bundle = c.path("bundle");
-    let out = Command::new(PULL)
-        .args([
-            "--work-dir",
-            p(work.path()),
-            "--plain-http",
-            "--policy",
-            "kbs:///default/policy/1",
-            &reg.reference("plain:1"),
-            p(&bundle),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        stderr(&out).contains("no key source is configured that can resolve kbs:///default/policy/1"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(!bundle.exists());
 }

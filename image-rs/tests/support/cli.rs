@@ -77,6 +77,16 @@ impl Pull {
     pub fn staging_left(&self) -> usize {
         std::fs::read_dir(self.work.join("staging")).unwrap().count()
     }
+    /// Asserts the pull failed and left nothing behind: no committed layer,
+    /// no staging, no bundle. Returns its stderr.
+    #[track_caller]
+    pub fn refused_leaving_nothing(&self) -> String {
+        let err = self.err();
+        assert_eq!(self.committed_layers(), 0, "a layer was committed: {err}");
+        assert_eq!(self.staging_left(), 0, "staging was left behind");
+        assert!(!self.bundle.exists(), "a bundle was written at {}", self.bundle.display());
+        err
+    }
 }
 
 pub fn pull(reg: &Registry, work: &Path, repo_tag: &str, extra: &[&str]) -> Pull {
