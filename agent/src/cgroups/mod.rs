@@ -24,6 +24,9 @@ pub enum CgroupError {
     Op { path: String, source: cgroups_rs::error::Error },
     #[error("cgroup {path}: {what}: {source}")]
     Io { path: String, what: String, source: std::io::Error },
+    /// The spec's device rules are malformed (the host's fault, not ours).
+    #[error("cgroup {path}: {source}")]
+    DeviceRules { path: String, source: devices::DeviceRuleError },
     #[error("cgroup {path} still has processes {pids:?}")]
     Busy { path: String, pids: Vec<u64> },
 }
@@ -135,11 +138,8 @@ impl ContainerCgroup {
         if rules.is_empty() {
             return Ok(());
         }
-        let rules = devices::parse(rules).map_err(|e| CgroupError::Io {
-            path: self.rel.clone(),
-            what: "device rules".into(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-        })?;
+        let rules =
+            devices::parse(rules).map_err(|source| CgroupError::DeviceRules { path: self.rel.clone(), source })?;
         if self.cg.v2() {
             let dir = cgroups_rs::hierarchies::auto().root().join(&self.rel);
             devices::attach(&dir, &rules).map_err(|source| CgroupError::Io {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{Container, Result, RuntimeError, Status};
-use crate::cgroups::ContainerCgroup;
+use crate::cgroups::{CgroupError, ContainerCgroup};
 use crate::jail::protocol::{id_map, InitConfig, Mode, NsRequest};
 use crate::namespaces::NsKind;
 use crate::process::{spawn, stdio, Process};
@@ -133,15 +133,12 @@ impl Container {
             (String::new(), String::new())
         };
         let resources = p.spec.Linux.as_ref().and_then(|l| l.Resources.as_ref());
-        let cgroup =
-            ContainerCgroup::create(&p.cgroup_path, resources).map_err(|e| RuntimeError::Internal(e.to_string()))?;
-        let (agent_io, child_io) = if process.Terminal {
-            let (rows, cols) = process.ConsoleSize.as_ref().map_or((24, 80), |b| (b.Height as u16, b.Width as u16));
-            stdio::pty(rows, cols)
-        } else {
-            stdio::pipes()
-        }
-        .map_err(|e| RuntimeError::Internal(format!("stdio: {e}")))?;
+        let cgroup = ContainerCgroup::create(&p.cgroup_path, resources).map_err(|e| match e {
+            CgroupError::DeviceRules { .. } => RuntimeError::InvalidArgument(e.to_string()),
+            e => RuntimeError::Internal(e.to_string()),
+        })?;
+        let (agent_io, child_io) =
+            stdio::for_process(process).map_err(|e| RuntimeError::Internal(format!("stdio: {e}")))?;
 
         let cfg = InitConfig {
             mode: Mode::Create,

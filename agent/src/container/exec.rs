@@ -45,13 +45,8 @@ impl Container {
                 namespaces.push(NsRequest { kind, path: Some(theirs) });
             }
         }
-        let (agent_io, child_io) = if process.Terminal {
-            let (rows, cols) = process.ConsoleSize.as_ref().map_or((24, 80), |b| (b.Height as u16, b.Width as u16));
-            stdio::pty(rows, cols)
-        } else {
-            stdio::pipes()
-        }
-        .map_err(|e| RuntimeError::Internal(format!("stdio: {e}")))?;
+        let (agent_io, child_io) =
+            stdio::for_process(&process).map_err(|e| RuntimeError::Internal(format!("stdio: {e}")))?;
         let mut spec = self.spec.clone();
         spec.Mounts.clear();
         spec.Process = Some(process).into();

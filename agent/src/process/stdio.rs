@@ -110,6 +110,17 @@ pub struct AgentStdio {
     pub tty: Option<Arc<OwnedFd>>,
 }
 
+/// What the OCI process asks for: a pty of its console size (24x80 by
+/// default) when `Terminal` is set, else three pipes.
+pub fn for_process(process: &protos::oci::Process) -> io::Result<(AgentStdio, ChildStdio)> {
+    if process.Terminal {
+        let (rows, cols) = process.ConsoleSize.as_ref().map_or((24, 80), |b| (b.Height as u16, b.Width as u16));
+        pty(rows, cols)
+    } else {
+        pipes()
+    }
+}
+
 /// Three pipes.
 pub fn pipes() -> io::Result<(AgentStdio, ChildStdio)> {
     let (in_r, in_w) = pipe()?;

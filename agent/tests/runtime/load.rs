@@ -1,11 +1,14 @@
 //! Load: 50 containers created, started and removed concurrently, then 1000
 //! exec+wait cycles; the agent's fd count and RSS return to their baseline.
 //!
-//! The baseline is taken after one warm-up round of the same load, once the
-//! agent is idle again: the first burst sizes tokio's I/O slab, grows the
-//! blocking pool and pages in the exec path's code, all of which stay by
-//! design. A second identical round must then leave no fd and no memory
-//! behind; anything that grows per container or per exec shows up here.
+//! The baseline is taken after two warm-up rounds of the same load, each time
+//! once the agent is idle again: the first bursts size tokio's I/O slab, grow
+//! the blocking pool and page in the exec path's code, all of which stay by
+//! design, and where the heap's top ends up varies by a few hundred KiB with
+//! timing (one warm-up round was not enough: a later round once went 796 KiB
+//! higher). The RSS baseline is the higher of the two idle snapshots. One
+//! more identical round must then leave no fd and no memory behind; anything
+//! that grows per container or per exec shows up here.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,9 +132,15 @@ async fn fifty_containers_then_a_thousand_execs_leave_fds_and_rss_at_baseline() 
     lifecycle(&rt, "first", &rootfs).await;
     let cold = idle_snapshot(pid, idle_threads()).await;
 
-    let (fifty, execs) = load_round(&rt, &rootfs, "warm").await;
-    println!("warm-up round: 50 concurrent container lifecycles {fifty:?}; 1000 exec+wait {execs:?}");
-    let baseline = idle_snapshot(pid, cold.threads).await;
+    let mut baseline = cold;
+    for round in ["warm1", "warm2"] {
+        let (fifty, execs) = load_round(&rt, &rootfs, round).await;
+        println!("{round}: 50 concurrent container lifecycles {fifty:?}; 1000 exec+wait {execs:?}");
+        let idle = idle_snapshot(pid, cold.threads).await;
+        println!("{round}: idle RSS {} KiB, fds {}", idle.rss_kib, idle.fds);
+        assert_eq!(idle.fds, cold.fds, "fd leak in warm-up round {round}");
+        baseline = Snapshot { rss_kib: baseline.rss_kib.max(idle.rss_kib), ..idle };
+    }
 
     let (fifty, execs) = load_round(&rt, &rootfs, "load").await;
     println!("load round: 50 concurrent container lifecycles {fifty:?}; 1000 exec+wait {execs:?}");
@@ -149,10 +158,9 @@ async fn fifty_containers_then_a_thousand_execs_leave_fds_and_rss_at_baseline() 
         baseline.threads,
         after.threads
     );
-    assert_eq!(baseline.fds, cold.fds, "fd leak in the warm-up round");
-    // The first burst's one-time growth (heap high-water mark, code paged in)
-    // is bounded too: 2.4 to 2.6 MiB measured here.
-    assert!(baseline.rss_kib <= cold.rss_kib + 4 * 1024, "the first load round grew RSS by more than 4 MiB");
+    // The warm-up's one-time growth (heap high-water mark, code paged in) is
+    // bounded too: 2.0 to 2.8 MiB measured here.
+    assert!(baseline.rss_kib <= cold.rss_kib + 4 * 1024, "the warm-up rounds grew RSS by more than 4 MiB");
     assert_eq!(after.fds, baseline.fds, "fd leak");
     assert_eq!(after.threads, idle_threads(), "threads left behind");
     assert!(
