@@ -7,11 +7,12 @@
 //! program (a straight line of compare-and-return blocks, as runc and crun
 //! do) and attaches it.
 //!
-//! Semantics, the same on both versions as far as v1 allows: the last rule
-//! that matches decides; a request no rule matches is allowed (a new cgroup
-//! inherits its parent's allow-all, so specs start with a deny-all rule). An
-//! allow rule matches when it grants every requested access, a deny rule when
-//! it denies any of them.
+//! Semantics, the same on both versions: each requested access bit (m, r, w)
+//! is decided by the last rule that matches the device and names that bit; a
+//! bit no rule names is allowed (a new cgroup inherits its parent's
+//! allow-all, so specs start with a deny-all rule). The request is allowed
+//! when every bit is. So `c 1:3 r` followed by `c 1:3 w` grants a read-write
+//! open, as v1's exception list does.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -48,7 +49,15 @@ pub enum DeviceRuleError {
     Access { index: usize, value: String },
     #[error("device rule {index}: {what} {value} is out of range")]
     Number { index: usize, what: &'static str, value: i64 },
+    #[error("{count} device rules exceed the limit of {MAX_RULES}; merge rules with wildcards")]
+    TooMany { count: usize },
 }
+
+/// The most rules a spec may carry. Real specs list tens; the kernel's
+/// verifier gives up (E2BIG) a little above a thousand, and a hostile host
+/// should not make the agent spend seconds of kernel time verifying a
+/// program it could never load.
+pub const MAX_RULES: usize = 512;
 
 impl DeviceRule {
     /// Validates one spec rule. An empty type or access means all, as in runc;
@@ -109,6 +118,9 @@ impl DeviceRule {
 
 /// Validates every rule of a spec.
 pub fn parse(rules: &[protos::oci::LinuxDeviceCgroup]) -> Result<Vec<DeviceRule>, DeviceRuleError> {
+    if rules.len() > MAX_RULES {
+        return Err(DeviceRuleError::TooMany { count: rules.len() });
+    }
     rules.iter().enumerate().map(|(i, r)| DeviceRule::from_spec(i, r)).collect()
 }
 
@@ -130,7 +142,6 @@ const ALU32_RSH_K: u8 = 0x74; // dst >>= imm
 const ALU32_MOV_X: u8 = 0xbc; // dst = src
 const ALU64_MOV_K: u8 = 0xb7; // dst = imm
 const JNE_K: u8 = 0x55; // if dst != imm: pc += off
-const JNE_X: u8 = 0x5d; // if dst != src: pc += off
 const JEQ_K: u8 = 0x15; // if dst == imm: pc += off
 const EXIT: u8 = 0x95;
 
@@ -151,7 +162,9 @@ pub fn program(rules: &[DeviceRule]) -> Vec<Insn> {
         insn(LDX_MEM_W, 4, 1, 4, 0),
         insn(LDX_MEM_W, 5, 1, 8, 0),
     ];
-    // Last rule first: the first block that matches returns its verdict.
+    // Last rule first. r3 holds the requested bits no later rule has decided
+    // yet: a matching deny rule that names one of them denies; a matching
+    // allow rule clears the bits it names and allows once none is left.
     for rule in rules.iter().rev() {
         let mut block = Vec::new();
         // Each check jumps to the next block on a mismatch; the offset is
@@ -159,24 +172,24 @@ pub fn program(rules: &[DeviceRule]) -> Vec<Insn> {
         if let Some(kind) = rule.kind {
             block.push(insn(JNE_K, 2, 0, -1, kind as i32));
         }
-        if rule.access != ACC_ALL {
-            block.push(insn(ALU32_MOV_X, 1, 3, 0, 0));
-            block.push(insn(ALU32_AND_K, 1, 0, 0, rule.access as i32));
-            if rule.allow {
-                // Matches only if every requested bit is granted.
-                block.push(insn(JNE_X, 1, 3, -1, 0));
-            } else {
-                // Matches if any requested bit is denied.
-                block.push(insn(JEQ_K, 1, 0, -1, 0));
-            }
-        }
         if let Some(major) = rule.major {
             block.push(insn(JNE_K, 4, 0, -1, major as i32));
         }
         if let Some(minor) = rule.minor {
             block.push(insn(JNE_K, 5, 0, -1, minor as i32));
         }
-        let catch_all = block.is_empty();
+        let catch_all = block.is_empty() && rule.access == ACC_ALL;
+        if rule.access != ACC_ALL {
+            // The rule speaks only for the undecided bits it names.
+            block.push(insn(ALU32_MOV_X, 1, 3, 0, 0));
+            block.push(insn(ALU32_AND_K, 1, 0, 0, rule.access as i32));
+            block.push(insn(JEQ_K, 1, 0, -1, 0));
+        }
+        if rule.allow && rule.access != ACC_ALL {
+            // Those bits are granted; the rest are left to earlier rules.
+            block.push(insn(ALU32_AND_K, 3, 0, 0, (!rule.access & ACC_ALL) as i32));
+            block.push(insn(JNE_K, 3, 0, -1, 0));
+        }
         block.push(insn(ALU64_MOV_K, 0, 0, 0, rule.allow as i32));
         block.push(insn(EXIT, 0, 0, 0, 0));
         let len = block.len();
