@@ -223,8 +223,9 @@ fn many_rules_compile_linearly_and_too_many_are_refused() {
 }
 
 /// A cgroup v2 directory of our own: the unified mount of a hybrid host, or
-/// the v2 root. `None` (with the reason printed) when not root or no v2.
-fn scratch_v2_cgroup(name: &str) -> Option<std::path::PathBuf> {
+/// the v2 root, removed on drop (also when the test panics). `None` (with
+/// the reason printed) when not root or no v2.
+fn scratch_v2_cgroup(name: &str) -> Option<ScratchCgroup> {
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipping: loading a device program needs root");
         return None;
@@ -239,7 +240,23 @@ fn scratch_v2_cgroup(name: &str) -> Option<std::path::PathBuf> {
     };
     let dir = root.join(format!("{name}-{}", std::process::id()));
     std::fs::create_dir(&dir).unwrap();
-    Some(dir)
+    Some(ScratchCgroup(dir))
+}
+
+struct ScratchCgroup(std::path::PathBuf);
+
+impl std::ops::Deref for ScratchCgroup {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchCgroup {
+    fn drop(&mut self) {
+        // Its processes have exited, so the directory is empty.
+        let _ = std::fs::remove_dir(&self.0);
+    }
 }
 
 /// Runs `sh -c script` inside `cgroup` (it joins itself first) and returns
@@ -268,7 +285,6 @@ fn the_kernel_enforces_the_compiled_program_on_a_real_cgroup() {
     // The longest rule list we accept, in its costliest shape, passes the verifier.
     let long: Vec<_> = (0..MAX_RULES as i64).map(|i| rule(i % 2 == 0, "c", i, i, "rw")).collect();
     let result3 = attach(&dir, &parse(&long).unwrap());
-    let _ = std::fs::remove_dir(&dir);
     assert_eq!(result.unwrap(), "null-ok\nzero-denied\n");
     assert_eq!(result2.unwrap(), "null-ok\nmknod-ok\n");
     assert_eq!(result_split.unwrap(), "null-rw-ok\nzero-rw-denied\n");
