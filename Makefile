@@ -19,7 +19,7 @@ ROOTFS_DIR   := target/rootfs
 VM           := $(CARGO) run -q -p vm-harness --bin cvm-vm --
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build release test lint fmt demo demo-local clean check-tools deps bench bench-pull bench-encrypted bench-aa bench-runtime bench-boot rootfs vm vhost-device-vsock
+.PHONY: all build release test lint fmt demo demo-local clean check-tools deps bench bench-pull bench-encrypted bench-aa bench-runtime bench-arena bench-boot rootfs vm vhost-device-vsock
 
 all: build
 
@@ -104,6 +104,10 @@ bench-aa:
 # Container create+start+wait through the agent vs crun and runc (root, about 2 min).
 bench-runtime: deps
 	bash tests/bench/runtime.sh
+
+# One malloc arena (the agent's setting) vs glibc's default, under load (~2 min).
+bench-arena: deps
+	bash tests/bench/arena.sh
 
 # Boot time under QEMU: uncompressed kernel vs Debian's vmlinuz (~3 min TCG).
 bench-boot: deps rootfs

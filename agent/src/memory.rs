@@ -9,9 +9,15 @@
 /// Makes every thread allocate from the one main arena. glibc otherwise gives
 /// each new thread (the blocking pool grows to dozens under a burst of
 /// containers) its own arena, and pages freed there stay resident. The
-/// agent's allocation rate is low, so the shared lock costs nothing
-/// measurable. Call before the runtime starts any thread.
+/// agent's allocation rate is low: with 16 shim connections starting
+/// containers at once the shared lock cost no throughput and the agent kept
+/// about 5% less resident afterwards (`make bench-arena`, docs/BENCHMARKS.md).
+/// An operator's explicit `MALLOC_ARENA_MAX` (glibc's own knob)
+/// is left in force. Call before the runtime starts any thread.
 pub fn single_malloc_arena() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only changes allocator tuning.
     unsafe {

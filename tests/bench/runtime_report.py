@@ -79,7 +79,7 @@ with open(doc) as f:
 start = text.find("## Container runtime")
 if start >= 0:
     nxt = text.find("\n## ", start + 1)
-    text = text[:start] + section + (text[nxt + 1:] if nxt >= 0 else "")
+    text = text[:start] + section.rstrip("\n") + "\n" + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
 else:
     text = text.rstrip("\n") + "\n\n" + section
 with open(doc, "w") as f:
