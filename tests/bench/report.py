@@ -186,7 +186,7 @@ def main():
            f"Written by `tests/bench/pull.sh` on {date}. Reproduce with `{a.cmdline}` "
            "(the target runs `bash tests/bench/pull.sh`; it installs missing Debian packages, builds the "
            "static release `image-pull`, generates and caches the image under `target/bench-cache/`).", "",
-           f"- **Machine:** {machine()}. Shared with other builds: load average before / after "
+           f"- **Machine:** {machine()}. Load average before / after "
            f"the measurements {a.load}.",
            f"- **Image:** {len(layers)} gzip layers (level 6), {mb(img['compressed_bytes'])} compressed, "
            f"{mb(img['uncompressed_bytes'])} uncompressed tar, {img['files']} regular files, "
