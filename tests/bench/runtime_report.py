@@ -42,7 +42,7 @@ lines = [
     "",
     f"- **Machine:** {os_name()}, {os.cpu_count()} cores, Linux {platform.release()}; "
     f"load average before / after the timed runs: {load_before} / {load_after} "
-    "(the 1-minute figure before still carries the release build).",
+    "(the 1-minute figure before includes the release build, if one just ran).",
     "- **Workload:** one bundle for all three: busybox-static rootfs (read-only), `runc spec` defaults "
     "(new pid, network, ipc, uts, mount namespaces; proc, dev, devpts, shm, mqueue, sysfs, cgroup mounts; masked and "
     "readonly paths; 3 capabilities; RLIMIT_NOFILE; no_new_privileges), process `/bin/true`. "
