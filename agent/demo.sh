@@ -12,7 +12,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$bin/cvm-agent" --server-addr "unix://$sock" --log-format json 2>"$work/agent.log" &
+"$bin/cvm-agent" --server-addr "unix://$sock" --policy-file "$(dirname "$0")/policy/allow-all.rego" --log-format json 2>"$work/agent.log" &
 agent_pid=$!
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
 [ -S "$sock" ] || { echo "agent did not start:"; cat "$work/agent.log"; exit 1; }

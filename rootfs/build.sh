@@ -70,6 +70,11 @@ cp -r "$here/etc/." "$r/etc/"
 install -d -m 0755 "$r/etc/ssl/certs"
 install -m 0644 /etc/ssl/certs/ca-certificates.crt "$r/etc/ssl/certs/ca-certificates.crt"
 printf 'KERNEL=%s\n' "$KVER" >>"$r/etc/os-release"
+# The agent's request policy: the confidential default (agent/policy/). The
+# agent refuses to serve without it; initdata's policy.rego replaces it.
+# allow-all.rego is deliberately not shipped: nothing in the image can select it.
+install -d -m 0755 "$r/etc/kata-opa"
+install -m 0644 "$here/../agent/policy/confidential.rego" "$r/etc/kata-opa/default-policy.rego"
 
 # --- kernel modules ------------------------------------------------------------
 # Closure of what modules.load names, by modprobe's own resolver; built-in

@@ -18,6 +18,35 @@ use crate::transport::{AddrError, SockAddr};
 
 pub const DEFAULT_SERVER_ADDR: &str = "vsock://-1:1024";
 pub const SERVER_ADDR_ENV: &str = "KATA_AGENT_SERVER_ADDR";
+/// kata's variable naming the policy file (honoured only when not PID 1).
+pub const POLICY_FILE_ENV: &str = "KATA_AGENT_POLICY_FILE";
+
+/// The policy file the agent starts with. As PID 1 it is always the image's
+/// [`crate::policy::DEFAULT_POLICY_FILE`]: PID 1's arguments and environment
+/// come from the kernel command line, which the host writes, and a host that
+/// could point the agent at another file in the image (say an allow-all
+/// policy) would bypass the tenant's policy. The tenant replaces the policy
+/// through initdata instead. A non-PID-1 agent (tests, development) takes
+/// `--policy-file`, then `KATA_AGENT_POLICY_FILE`.
+pub fn policy_file(
+    pid1: bool,
+    flag: Option<std::path::PathBuf>,
+    env: Option<String>,
+) -> (std::path::PathBuf, Option<&'static str>) {
+    let default = std::path::PathBuf::from(crate::policy::DEFAULT_POLICY_FILE);
+    if pid1 {
+        let ignored = if flag.is_some() {
+            Some("--policy-file")
+        } else if env.as_deref().is_some_and(|e| !e.is_empty()) {
+            Some(POLICY_FILE_ENV)
+        } else {
+            None
+        };
+        return (default, ignored);
+    }
+    let chosen = flag.or_else(|| env.filter(|e| !e.is_empty()).map(Into::into)).unwrap_or(default);
+    (chosen, None)
+}
 
 /// Log verbosity, named as kata's `agent.log=` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -296,6 +325,22 @@ mod tests {
         assert!(err.contains("big.toml") && err.contains("larger than"), "{err}");
         let err = FileConfig::load(&dir.path().join("missing.toml")).unwrap_err().to_string();
         assert!(err.contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn pid1_always_takes_the_image_policy_whatever_the_command_line_says() {
+        let flag = Some(std::path::PathBuf::from("/etc/kata-opa/allow-all.rego"));
+        let (p, ignored) = policy_file(true, flag.clone(), None);
+        assert_eq!(p, std::path::Path::new(crate::policy::DEFAULT_POLICY_FILE));
+        assert_eq!(ignored, Some("--policy-file"));
+        let (_, ignored) = policy_file(true, None, Some("/x.rego".into()));
+        assert_eq!(ignored, Some(POLICY_FILE_ENV));
+        assert_eq!(
+            policy_file(false, flag, Some("/x.rego".into())).0,
+            std::path::Path::new("/etc/kata-opa/allow-all.rego")
+        );
+        assert_eq!(policy_file(false, None, Some("/x.rego".into())).0, std::path::Path::new("/x.rego"));
+        assert_eq!(policy_file(false, None, None).0, std::path::Path::new(crate::policy::DEFAULT_POLICY_FILE));
     }
 
     #[test]

@@ -6,8 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use cvm_agent::config::{AgentConfig, FileConfig, KernelParams, LogFormat, LogLevel, Overrides, SERVER_ADDR_ENV};
+use cvm_agent::config::{
+    AgentConfig, FileConfig, KernelParams, LogFormat, LogLevel, Overrides, POLICY_FILE_ENV, SERVER_ADDR_ENV,
+};
 use cvm_agent::init;
+use cvm_agent::policy::AgentPolicy;
 
 /// Guest agent of the confidential VM (kata agent protocol over ttrpc).
 #[derive(Debug, Default, Parser)]
@@ -23,6 +26,10 @@ struct Args {
     /// Log line format on stderr.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Agent policy (Rego) to start with, instead of /etc/kata-opa/default-policy.rego.
+    /// Also KATA_AGENT_POLICY_FILE. Ignored when the agent is PID 1 (see config::policy_file).
+    #[arg(long, value_name = "FILE")]
+    policy_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -80,6 +87,21 @@ fn run(args: Args, pid1: bool) -> ExitCode {
         }
     }
 
+    // No policy, no service: a guest that cannot load its policy must not
+    // answer the host at all (as PID 1 this powers the VM off).
+    let (policy_path, ignored) =
+        cvm_agent::config::policy_file(pid1, args.policy_file, std::env::var(POLICY_FILE_ENV).ok());
+    if let Some(source) = ignored {
+        tracing::warn!(source, "ignoring a policy file given to PID 1 on the kernel command line");
+    }
+    let policy = match AgentPolicy::load_startup_policy(&policy_path, None) {
+        Ok(p) => std::sync::Arc::new(p),
+        Err(err) => {
+            tracing::error!(%err, "cannot load the agent policy; refusing to serve");
+            return ExitCode::FAILURE;
+        }
+    };
+
     cvm_agent::memory::single_malloc_arena();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -95,7 +117,7 @@ fn run(args: Args, pid1: bool) -> ExitCode {
         let stop = cvm_agent::server::termination_signal()?;
         // As PID 1 this also reaps every orphan re-parented to the VM's init.
         let reaper = cvm_agent::reaper::Reaper::start().context("cannot start the child reaper")?;
-        cvm_agent::server::serve_until(&config, shutdown.clone(), reaper, stop).await
+        cvm_agent::server::serve_until(&config, shutdown.clone(), reaper, policy, stop).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use ttrpc::r#async::Server;
 
 use crate::config::AgentConfig;
+use crate::policy::AgentPolicy;
 use crate::reaper::Reaper;
 use crate::shutdown::Shutdown;
 
@@ -18,11 +19,12 @@ pub async fn serve_until(
     config: &AgentConfig,
     shutdown: Shutdown,
     reaper: Reaper,
+    policy: std::sync::Arc<AgentPolicy>,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let addr = &config.server_addr;
     let listener = addr.listen().with_context(|| format!("cannot listen on {addr}"))?;
-    let services = crate::rpc::services(shutdown.clone(), reaper);
+    let services = crate::rpc::services(shutdown.clone(), reaper, policy);
     let mut server = Server::new().add_listener(listener).register_service(services);
     server.start().await.with_context(|| format!("cannot start ttrpc server on {addr}"))?;
     tracing::info!(%addr, version = crate::rpc::AGENT_VERSION, "agent ready");

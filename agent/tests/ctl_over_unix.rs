@@ -68,7 +68,7 @@ fn request_body_from_a_file_and_body_errors() {
 }
 
 /// RPCs served by the container runtime (tested in tests/runtime).
-const IMPLEMENTED: [&str; 19] = [
+const IMPLEMENTED: [&str; 21] = [
     "CreateSandbox",
     "DestroySandbox",
     "CreateContainer",
@@ -88,6 +88,8 @@ const IMPLEMENTED: [&str; 19] = [
     "TtyWinResize",
     "GetOOMEvent",
     "GetGuestDetails",
+    "GetMetrics",
+    "SetPolicy",
 ];
 
 #[test]
@@ -103,7 +105,7 @@ fn every_unimplemented_rpc_answers_naming_itself_concurrently() {
             .copied()
             .filter(|m| !matches!(*m, "Check" | "Version") && !IMPLEMENTED.contains(m))
             .collect();
-        assert_eq!(agent_methods.len(), 40 - IMPLEMENTED.len());
+        assert_eq!(agent_methods.len(), 42 - IMPLEMENTED.len());
         // All in flight at once on one connection, several rounds.
         let mut tasks = Vec::new();
         for round in 0..5 {
@@ -201,7 +203,12 @@ fn json_logs_are_one_object_per_line_with_structured_fields() {
     let ready = lines.iter().find(|v| v["message"] == "agent ready").expect("ready line");
     assert_eq!(ready["addr"], agent.addr());
     assert_eq!(ready["level"], "INFO");
-    let rejected = lines.iter().find(|v| v["method"] == "ListRoutes").expect("rejection logged");
+    let audited =
+        lines.iter().find(|v| v["target"] == "policy_audit" && v["method"] == "ListRoutes").expect("decision");
+    assert_eq!(audited["decision"], "allow");
+    assert_eq!(audited["rule"], "ListRoutesRequest");
+    let rejected =
+        lines.iter().find(|v| v["method"] == "ListRoutes" && v["service"].is_string()).expect("rejection logged");
     assert_eq!(rejected["service"], "grpc.AgentService");
 }
 
@@ -225,7 +232,10 @@ fn listen_address_from_env_and_clear_errors_for_bad_ones() {
 fn a_second_agent_does_not_steal_a_live_socket() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(dir.path(), &[]);
-    let out = std::process::Command::new(common::AGENT).args(["--server-addr", &agent.addr()]).output().unwrap();
+    let out = std::process::Command::new(common::AGENT)
+        .args(["--server-addr", &agent.addr(), "--policy-file", common::ALLOW_ALL])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("already listening"), "{}", stderr(&out));
     assert!(ctl(&["--addr", &agent.addr(), "check"]).status.success(), "first agent must keep serving");
@@ -238,4 +248,24 @@ fn unreachable_agent_exits_3_with_the_address() {
     let out = ctl(&["--addr", &addr, "check"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(stderr(&out).contains(&addr), "{}", stderr(&out));
+}
+
+#[test]
+fn an_agent_without_a_loadable_policy_refuses_to_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.rego");
+    std::fs::write(&broken, "package agent_policy\nExecProcessRequest if {\n").unwrap();
+    for (policy, needle) in [(dir.path().join("absent.rego"), "absent.rego"), (broken.clone(), "broken.rego")] {
+        let sock = dir.path().join("agent.sock");
+        let out = std::process::Command::new(common::AGENT)
+            .args(["--server-addr", &format!("unix://{}", sock.display())])
+            .arg("--policy-file")
+            .arg(&policy)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains("refusing to serve") && err.contains(needle), "{err}");
+        assert!(!sock.exists(), "an agent without a policy must not listen");
+    }
 }

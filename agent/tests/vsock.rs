@@ -23,6 +23,7 @@ fn agent_listens_on_vsock_any_cid_and_answers_over_loopback_when_available() {
     let port = 20000 + (std::process::id() % 20000);
     let mut child = Command::new(AGENT)
         .args(["--server-addr", &format!("vsock://-1:{port}")])
+        .args(["--policy-file", common::ALLOW_ALL])
         .env_remove("KATA_AGENT_SERVER_ADDR")
         .stderr(std::fs::File::create(&log).unwrap())
         .stdout(Stdio::null())

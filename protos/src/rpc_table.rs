@@ -24,6 +24,7 @@ macro_rules! with_agent_rpcs {
             PauseContainer pause_container $crate::agent::PauseContainerRequest => $crate::empty::Empty;
             ResumeContainer resume_container $crate::agent::ResumeContainerRequest => $crate::empty::Empty;
             RemoveStaleVirtiofsShareMounts remove_stale_virtiofs_share_mounts $crate::agent::RemoveStaleVirtiofsShareMountsRequest => $crate::empty::Empty;
+            GetDiagnosticData get_diagnostic_data $crate::agent::GetDiagnosticDataRequest => $crate::agent::GetDiagnosticDataResponse;
             WriteStdin write_stdin $crate::agent::WriteStreamRequest => $crate::agent::WriteStreamResponse;
             ReadStdout read_stdout $crate::agent::ReadStreamRequest => $crate::agent::ReadStreamResponse;
             ReadStderr read_stderr $crate::agent::ReadStreamRequest => $crate::agent::ReadStreamResponse;
@@ -49,6 +50,7 @@ macro_rules! with_agent_rpcs {
             CopyFile copy_file $crate::agent::CopyFileRequest => $crate::empty::Empty;
             GetOOMEvent get_oom_event $crate::agent::GetOOMEventRequest => $crate::agent::OOMEvent;
             AddSwap add_swap $crate::agent::AddSwapRequest => $crate::empty::Empty;
+            AddSwapPath add_swap_path $crate::agent::AddSwapPathRequest => $crate::empty::Empty;
             GetVolumeStats get_volume_stats $crate::agent::VolumeStatsRequest => $crate::csi::VolumeStatsResponse;
             ResizeVolume resize_volume $crate::agent::ResizeVolumeRequest => $crate::empty::Empty;
             SetPolicy set_policy $crate::agent::SetPolicyRequest => $crate::empty::Empty;        }

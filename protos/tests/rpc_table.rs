@@ -5,7 +5,7 @@
 use protobuf::MessageFull;
 
 /// grpc.AgentService methods in kata's order, written down from kata's agent.proto.
-const KATA_AGENT_METHODS: [&str; 40] = [
+const KATA_AGENT_METHODS: [&str; 42] = [
     "CreateContainer",
     "StartContainer",
     "RemoveContainer",
@@ -18,6 +18,7 @@ const KATA_AGENT_METHODS: [&str; 40] = [
     "PauseContainer",
     "ResumeContainer",
     "RemoveStaleVirtiofsShareMounts",
+    "GetDiagnosticData",
     "WriteStdin",
     "ReadStdout",
     "ReadStderr",
@@ -43,6 +44,7 @@ const KATA_AGENT_METHODS: [&str; 40] = [
     "CopyFile",
     "GetOOMEvent",
     "AddSwap",
+    "AddSwapPath",
     "GetVolumeStats",
     "ResizeVolume",
     "SetPolicy",

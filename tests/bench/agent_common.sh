@@ -44,12 +44,13 @@ json.dump(c, open(p, "w"), indent=1)
 PY
 
 # Starts the agent on $W/agent.sock (its log in $W/agent-LABEL.log) with
-# the given extra VAR=value environment; sets agent_pid.
+# the given extra VAR=value environment (the policy is allow-all unless
+# KATA_AGENT_POLICY_FILE=... is among them); sets agent_pid.
 start_agent() { # label [VAR=value...]
   local label=$1
   shift
   rm -f "$W/agent.sock"
-  env "$@" CVM_AGENT_RUN_DIR="$W/run-$label" CVM_AGENT_CGROUP_PARENT="$CGROUP_PARENT" \
+  env KATA_AGENT_POLICY_FILE="$ROOT/agent/policy/allow-all.rego" "$@" CVM_AGENT_RUN_DIR="$W/run-$label" CVM_AGENT_CGROUP_PARENT="$CGROUP_PARENT" \
     "$AGENT" --server-addr "unix://$W/agent.sock" --log-level warn 2>"$W/agent-$label.log" &
   agent_pid=$!
   for _ in $(seq 200); do [ -S "$W/agent.sock" ] && break; sleep 0.05; done

@@ -15,17 +15,19 @@ use ttrpc::r#async::TtrpcContext;
 
 use super::unimplemented;
 use crate::container::RuntimeError;
+use crate::policy::AgentPolicy;
 use crate::process::StdStream;
 use crate::sandbox::Sandbox;
 
 /// The agent service over the sandbox runtime.
 pub struct AgentRpc {
     sandbox: Arc<Sandbox>,
+    policy: Arc<AgentPolicy>,
 }
 
 impl AgentRpc {
-    pub fn new(sandbox: Arc<Sandbox>) -> AgentRpc {
-        AgentRpc { sandbox }
+    pub fn new(sandbox: Arc<Sandbox>, policy: Arc<AgentPolicy>) -> AgentRpc {
+        AgentRpc { sandbox, policy }
     }
 }
 
@@ -258,7 +260,8 @@ impl AgentService for AgentRpc {
         _ctx: &TtrpcContext,
         _req: protos::agent::GetMetricsRequest,
     ) -> ttrpc::Result<protos::agent::Metrics> {
-        Err(unimplemented(protos::AGENT_SERVICE, "GetMetrics"))
+        let metrics = crate::metrics::prometheus(&self.sandbox, &self.policy);
+        Ok(protos::agent::Metrics { metrics, ..Default::default() })
     }
     async fn mem_agent_memcg_set(
         &self,
@@ -316,6 +319,20 @@ impl AgentService for AgentRpc {
     ) -> ttrpc::Result<protos::empty::Empty> {
         Err(unimplemented(protos::AGENT_SERVICE, "AddSwap"))
     }
+    async fn add_swap_path(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::AddSwapPathRequest,
+    ) -> ttrpc::Result<protos::empty::Empty> {
+        Err(unimplemented(protos::AGENT_SERVICE, "AddSwapPath"))
+    }
+    async fn get_diagnostic_data(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: protos::agent::GetDiagnosticDataRequest,
+    ) -> ttrpc::Result<protos::agent::GetDiagnosticDataResponse> {
+        Err(unimplemented(protos::AGENT_SERVICE, "GetDiagnosticData"))
+    }
     async fn get_volume_stats(
         &self,
         _ctx: &TtrpcContext,
@@ -330,11 +347,18 @@ impl AgentService for AgentRpc {
     ) -> ttrpc::Result<protos::empty::Empty> {
         Err(unimplemented(protos::AGENT_SERVICE, "ResizeVolume"))
     }
+    /// Reached only when the policy in force allowed this SetPolicyRequest.
     async fn set_policy(
         &self,
         _ctx: &TtrpcContext,
-        _req: protos::agent::SetPolicyRequest,
+        req: protos::agent::SetPolicyRequest,
     ) -> ttrpc::Result<protos::empty::Empty> {
-        Err(unimplemented(protos::AGENT_SERVICE, "SetPolicy"))
+        let policy = self.policy.clone();
+        let info = tokio::task::spawn_blocking(move || policy.set_policy(&req.policy))
+            .await
+            .map_err(|e| status(RuntimeError::Internal(format!("task: {e}"))))?
+            .map_err(|e| status(RuntimeError::InvalidArgument(e.to_string())))?;
+        tracing::info!(target: crate::policy::audit::TARGET, sha256 = %info.sha256, "policy replaced by SetPolicy");
+        Ok(Empty::new())
     }
 }

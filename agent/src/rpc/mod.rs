@@ -1,27 +1,36 @@
 //! The ttrpc surface of the agent: a thin table of handlers.
 //!
-//! Each handler decodes, checks policy (later issues), and calls into a domain
-//! module. Nothing here holds a lock shared by all RPCs: ttrpc runs every
+//! Every AgentService request passes the policy gate (`gate.rs`) first; each
+//! handler then decodes and calls into a domain module. Nothing here holds a lock shared by all RPCs: ttrpc runs every
 //! request in its own task, and handlers stay independent of each other.
 
 mod agent;
+mod gate;
 mod health;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use agent::AgentRpc;
+pub use gate::PolicyGate;
 
+use crate::policy::AgentPolicy;
 use crate::reaper::Reaper;
 use crate::sandbox::{RuntimeConfig, Sandbox};
 use crate::shutdown::Shutdown;
 pub use health::{HealthService, AGENT_VERSION, API_VERSION};
 
 /// Every service the agent serves, keyed as ttrpc expects. DestroySandbox
-/// requests `shutdown`; every child process goes through `reaper`.
-pub fn services(shutdown: Shutdown, reaper: Reaper) -> HashMap<String, ttrpc::r#async::Service> {
+/// requests `shutdown`; every child process goes through `reaper`; every
+/// AgentService request is checked by `policy` first.
+pub fn services(
+    shutdown: Shutdown,
+    reaper: Reaper,
+    policy: Arc<AgentPolicy>,
+) -> HashMap<String, ttrpc::r#async::Service> {
     let sandbox = Arc::new(Sandbox::new(reaper, shutdown, RuntimeConfig::from_env()));
-    let agent: Arc<dyn protos::agent_ttrpc::AgentService + Send + Sync> = Arc::new(AgentRpc::new(sandbox));
+    let handlers = AgentRpc::new(sandbox, policy.clone());
+    let agent: Arc<dyn protos::agent_ttrpc::AgentService + Send + Sync> = Arc::new(PolicyGate::new(handlers, policy));
     let health: Arc<dyn protos::health_ttrpc::Health + Send + Sync> = Arc::new(HealthService);
     let mut all = protos::agent_ttrpc::create_agent_service(agent);
     all.extend(protos::health_ttrpc::create_health(health));

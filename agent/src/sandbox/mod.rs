@@ -235,6 +235,11 @@ impl Sandbox {
         }
     }
 
+    /// How many containers exist (created, running or stopped, not removed).
+    pub fn container_count(&self) -> usize {
+        self.containers.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     pub fn container(&self, id: &str) -> Result<Arc<Container>> {
         self.containers
             .read()

@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_cvm-agent");
 pub const CTL: &str = env!("CARGO_BIN_EXE_cvm-agent-ctl");
+/// The shipped development policy; tests of the runtime run under it unless
+/// they pass `--policy-file` themselves.
+pub const ALLOW_ALL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policy/allow-all.rego");
+/// The shipped confidential default policy.
+pub const CONFIDENTIAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policy/confidential.rego");
 
 pub struct Agent {
     pub child: Child,
@@ -31,6 +36,7 @@ impl Agent {
         let log = dir.join("agent.log");
         let mut cmd = Command::new(AGENT);
         cmd.env_remove("KATA_AGENT_SERVER_ADDR")
+            .env("KATA_AGENT_POLICY_FILE", ALLOW_ALL)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());

@@ -172,6 +172,28 @@ mod tests {
         pub type Req = protos::agent::CreateContainerRequest;
     }
 
+    /// The image ships agent/policy/confidential.rego as its default policy:
+    /// the scenario's requests must pass it (and, as a control, a request the
+    /// policy must refuse does not).
+    #[test]
+    fn the_scenario_passes_the_images_default_policy() {
+        use cvm_agent::policy::{AgentPolicy, PolicyEngine};
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../agent/policy/confidential.rego");
+        let policy = AgentPolicy::new(PolicyEngine::from_file(&path).unwrap());
+        let sandbox: protos::agent::CreateSandboxRequest =
+            serde_json::from_value(json!({"sandbox_id": "e2e", "hostname": SANDBOX_HOSTNAME})).unwrap();
+        policy.check("CreateSandbox", &sandbox).unwrap();
+        let create: protos_check::Req = serde_json::from_value(create_container_request()).unwrap();
+        policy.check("CreateContainer", &create).unwrap();
+        let read: protos::agent::ReadStreamRequest =
+            serde_json::from_value(json!({"container_id": CONTAINER_ID, "exec_id": CONTAINER_ID, "len": 4096}))
+                .unwrap();
+        policy.check("ReadStdout", &read).unwrap();
+        let exec: protos::agent::ExecProcessRequest =
+            serde_json::from_value(json!({"container_id": CONTAINER_ID, "exec_id": "sh"})).unwrap();
+        assert!(policy.check("ExecProcess", &exec).is_err());
+    }
+
     #[test]
     fn bytes_field_shapes() {
         assert_eq!(bytes_field(&json!({"data": [104, 105]}), "data").unwrap(), b"hi");
