@@ -117,7 +117,10 @@ impl Container {
         let mut namespaces = plan_namespaces(&p.spec, &p.shared)?;
         // Checked fds, joined by the init as they are (never reopened by path).
         let ns_fds = ns_paths::open_checked(&mut namespaces).map_err(|e| match e {
-            ns_paths::NsPathError::Open { ref source, .. } if source.raw_os_error() == Some(libc::EMFILE) => {
+            // Out of fds or memory is the agent's trouble, not the request's.
+            ns_paths::NsPathError::Open { ref source, .. }
+                if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)) =>
+            {
                 RuntimeError::Internal(e.to_string())
             }
             e => RuntimeError::InvalidArgument(e.to_string()),
