@@ -21,13 +21,15 @@ impl NsKind {
     pub const JOIN_ORDER: [NsKind; 7] =
         [NsKind::User, NsKind::Pid, NsKind::Network, NsKind::Ipc, NsKind::Uts, NsKind::Cgroup, NsKind::Mount];
 
-    /// Parses the OCI `linux.namespaces[].type`.
+    /// Parses the OCI `linux.namespaces[].type`. Kata's own OCI-to-proto
+    /// conversion spells network and mount `net` and `mnt`; both spellings
+    /// are accepted, anything else is refused.
     pub fn from_oci(name: &str) -> Option<NsKind> {
         Some(match name {
             "user" => NsKind::User,
             "pid" => NsKind::Pid,
-            "network" => NsKind::Network,
-            "mount" => NsKind::Mount,
+            "network" | "net" => NsKind::Network,
+            "mount" | "mnt" => NsKind::Mount,
             "ipc" => NsKind::Ipc,
             "uts" => NsKind::Uts,
             "cgroup" => NsKind::Cgroup,
@@ -71,5 +73,14 @@ mod tests {
         assert_eq!(NsKind::from_oci("mount").map(NsKind::proc_name), Some("mnt"));
         assert_eq!(NsKind::from_oci("time"), None);
         assert_eq!(NsKind::JOIN_ORDER.last(), Some(&NsKind::Mount));
+    }
+
+    #[test]
+    fn kata_spellings_net_and_mnt_are_accepted_and_unknown_names_still_refused() {
+        assert_eq!(NsKind::from_oci("net"), Some(NsKind::Network));
+        assert_eq!(NsKind::from_oci("mnt"), Some(NsKind::Mount));
+        for bad in ["", "NET", "Network", "nets", "mnt ", "cgroups", "ns"] {
+            assert_eq!(NsKind::from_oci(bad), None, "{bad:?}");
+        }
     }
 }

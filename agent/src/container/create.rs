@@ -1,6 +1,7 @@
-//! CreateContainer: validates the spec, creates the cgroup and stdio, and
-//! starts the container init, which sets everything up and then waits for
-//! StartContainer.
+//! CreateContainer: validates the spec (namespace paths opened and checked
+//! here, sysctls limited to the container's own namespaces), creates the
+//! cgroup and stdio, and starts the container init, which sets everything up
+//! and then waits for StartContainer.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{Container, Result, RuntimeError, Status};
+use super::{ns_paths, sysctl, Container, Result, RuntimeError, Status};
 use crate::cgroups::{CgroupError, ContainerCgroup};
 use crate::jail::protocol::{id_map, InitConfig, Mode, NsRequest};
 use crate::namespaces::NsKind;
@@ -65,10 +66,10 @@ pub fn plan_namespaces(spec: &protos::oci::Spec, shared: &SharedNamespaces) -> R
         if kind == NsKind::Mount && path.is_some() {
             return Err(RuntimeError::InvalidArgument("a container cannot join an existing mount namespace".into()));
         }
-        out.push(NsRequest { kind, path });
+        out.push(NsRequest { kind, path, fd: None });
     }
     if !out.iter().any(|n| n.kind == NsKind::Mount) {
-        out.push(NsRequest { kind: NsKind::Mount, path: None });
+        out.push(NsRequest { kind: NsKind::Mount, path: None, fd: None });
     }
     Ok(out)
 }
@@ -113,7 +114,20 @@ impl Container {
             }
         }
         let rootfs = rootfs_of(&p.spec)?;
-        let namespaces = plan_namespaces(&p.spec, &p.shared)?;
+        let mut namespaces = plan_namespaces(&p.spec, &p.shared)?;
+        // Checked fds, joined by the init as they are (never reopened by path).
+        let ns_fds = ns_paths::open_checked(&mut namespaces).map_err(|e| match e {
+            // Out of fds or memory is the agent's trouble, not the request's.
+            ns_paths::NsPathError::Open { ref source, .. }
+                if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM)) =>
+            {
+                RuntimeError::Internal(e.to_string())
+            }
+            e => RuntimeError::InvalidArgument(e.to_string()),
+        })?;
+        if let Some(l) = p.spec.Linux.as_ref() {
+            sysctl::check(l.Sysctl.keys(), &namespaces).map_err(|e| RuntimeError::InvalidArgument(e.to_string()))?;
+        }
         let new_uts = namespaces.iter().any(|n| n.kind == NsKind::Uts && n.path.is_none());
         let hostname = (new_uts && !p.spec.Hostname.is_empty()).then(|| p.spec.Hostname.clone());
 
@@ -151,7 +165,7 @@ impl Container {
             gid_map,
         };
         let r = reaper.clone();
-        let spawned = tokio::task::spawn_blocking(move || spawn::spawn_init(&r, &cfg, child_io))
+        let spawned = tokio::task::spawn_blocking(move || spawn::spawn_init_with_fds(&r, &cfg, child_io, &ns_fds))
             .await
             .map_err(|e| RuntimeError::Internal(format!("spawn task: {e}")))?;
         let spawned = match spawned {
@@ -179,6 +193,7 @@ impl Container {
             status: Mutex::new(Status::Created),
             gate: Mutex::new(spawned.gate),
             execs: Mutex::new(Default::default()),
+            storages: Mutex::new(Vec::new()),
             oom_watch,
         }))
     }
@@ -234,10 +249,10 @@ mod tests {
             SharedNamespaces { uts: Some("/proc/7/ns/uts".into()), ipc: None, pid: Some("/proc/7/ns/pid".into()) };
         let plan =
             plan_namespaces(&spec_with(&[("uts", ""), ("pid", ""), ("network", "/run/netns/x")]), &shared).unwrap();
-        assert_eq!(plan[0], NsRequest { kind: NsKind::Uts, path: Some("/proc/7/ns/uts".into()) });
-        assert_eq!(plan[1], NsRequest { kind: NsKind::Pid, path: Some("/proc/7/ns/pid".into()) });
-        assert_eq!(plan[2], NsRequest { kind: NsKind::Network, path: Some("/run/netns/x".into()) });
-        assert_eq!(plan[3], NsRequest { kind: NsKind::Mount, path: None });
+        assert_eq!(plan[0], NsRequest { kind: NsKind::Uts, path: Some("/proc/7/ns/uts".into()), fd: None });
+        assert_eq!(plan[1], NsRequest { kind: NsKind::Pid, path: Some("/proc/7/ns/pid".into()), fd: None });
+        assert_eq!(plan[2], NsRequest { kind: NsKind::Network, path: Some("/run/netns/x".into()), fd: None });
+        assert_eq!(plan[3], NsRequest { kind: NsKind::Mount, path: None, fd: None });
     }
 
     #[test]

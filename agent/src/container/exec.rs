@@ -42,7 +42,7 @@ impl Container {
         for kind in NsKind::JOIN_ORDER {
             let theirs = self.ns_dir.join(kind.proc_name());
             if !same_namespace(&theirs, &Path::new("/proc/self/ns").join(kind.proc_name())) {
-                namespaces.push(NsRequest { kind, path: Some(theirs) });
+                namespaces.push(NsRequest { kind, path: Some(theirs), fd: None });
             }
         }
         let (agent_io, child_io) =

@@ -5,10 +5,12 @@
 
 pub mod create;
 mod exec;
+mod ns_paths;
 mod remove;
 mod resources;
 mod signal;
 mod start;
+pub mod sysctl;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -57,6 +59,8 @@ pub struct Container {
     execs: Mutex<HashMap<String, Arc<Process>>>,
     /// Namespace files of the init, joined by exec'd processes.
     ns_dir: PathBuf,
+    /// Storages named by this container's CreateContainer, undone on removal.
+    storages: Mutex<Vec<crate::sandbox::storage::Prepared>>,
     oom_watch: tokio::task::JoinHandle<()>,
 }
 
@@ -85,6 +89,11 @@ impl Container {
 
     pub fn init(&self) -> &Arc<Process> {
         &self.init
+    }
+
+    /// Takes ownership of the storages prepared for this container.
+    pub fn adopt_storages(&self, storages: Vec<crate::sandbox::storage::Prepared>) {
+        lock(&self.storages).extend(storages);
     }
 
     pub fn cgroup(&self) -> &ContainerCgroup {

@@ -1,5 +1,6 @@
 //! RemoveContainer: kills every process, waits for them (honouring the
-//! timeout; 0 waits forever) and removes the cgroup. The container's mounts
+//! timeout; 0 waits forever), removes the cgroup and undoes the storages
+//! the container named. The container's mounts
 //! live in its own mount namespace and vanish with its last process.
 
 use std::time::{Duration, Instant};
@@ -43,6 +44,8 @@ impl Container {
         }
         self.set_status(Status::Stopped);
         lock(&self.execs).clear();
+        // Its processes are gone: the storages it named can go too.
+        crate::sandbox::storage::undo_all(std::mem::take(&mut *lock(&self.storages)));
         tracing::info!(container = %self.id, "container removed");
         Ok(())
     }

@@ -131,12 +131,18 @@ fn enter_namespaces(
     let mut joined: Vec<(NsKind, File)> = Vec::new();
     let mut new = Vec::new();
     for ns in &cfg.namespaces {
-        match &ns.path {
+        match (ns.fd, &ns.path) {
+            // The agent opened and checked this file; join exactly it.
+            (Some(fd), _) => {
+                // SAFETY: the agent placed this fd for us (spawn_init_with_fds)
+                // and nothing else in this process owns it.
+                joined.push((ns.kind, unsafe { File::from_raw_fd(fd) }))
+            }
             // Open every path first: /proc paths change meaning once we moved.
-            Some(p) => {
+            (None, Some(p)) => {
                 joined.push((ns.kind, File::open(p).map_err(|e| format!("open namespace {}: {e}", p.display()))?))
             }
-            None => new.push(ns.kind),
+            (None, None) => new.push(ns.kind),
         }
     }
     if new.contains(&NsKind::User) {

@@ -18,6 +18,10 @@ use crate::namespaces::NsKind;
 pub const INIT_ARGV0: &str = "cvm-container-init";
 /// The socketpair end is placed at this fd in the init.
 pub const SYNC_FD: i32 = 3;
+/// Fds the agent hands to the init (checked namespace files) are placed at
+/// `INHERITED_FD_BASE + i`, at most `MAX_INHERITED_FDS` of them.
+pub const INHERITED_FD_BASE: i32 = SYNC_FD + 1;
+pub const MAX_INHERITED_FDS: usize = 16;
 pub const ACK: &str = "ack";
 pub const START: &str = "start";
 /// Agent → init: the uid/gid maps of the new user namespace are written.
@@ -38,8 +42,13 @@ pub enum Mode {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NsRequest {
     pub kind: NsKind,
-    /// `None`: a new namespace; `Some`: join the namespace at this path.
+    /// `None`: a new namespace; `Some`: join the namespace at this path
+    /// (only for messages when `fd` is set).
     pub path: Option<PathBuf>,
+    /// Join the namespace open at this fd of the init, inherited from the
+    /// agent, which checked that very file (type, not the agent's own).
+    #[serde(default)]
+    pub fd: Option<i32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -7,6 +7,7 @@
 //! destination is resolved with `resolve_in_root`, so a hostile spec cannot
 //! mount over anything outside the container's root.
 
+pub mod beneath;
 pub mod kernel;
 pub mod path;
 

@@ -1,16 +1,18 @@
 //! Starts a container init (the agent binary re-executed) and runs the agent
 //! side of its handshake (see `jail::protocol`). Blocking: call it from
 //! `spawn_blocking`. Between fork and exec the child runs only std's own
-//! spawn code plus one `dup2`/`fcntl`, both async-signal-safe.
+//! spawn code plus `dup2`/`fcntl` calls, both async-signal-safe.
 
 use std::io::BufReader;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::jail::protocol::{self, InitConfig, Report, ACK, INIT_ARGV0, START, SYNC_FD};
+use crate::jail::protocol::{
+    self, InitConfig, Report, ACK, INHERITED_FD_BASE, INIT_ARGV0, MAX_INHERITED_FDS, START, SYNC_FD,
+};
 use crate::reaper::{ExitWaiter, Reaper};
 
 use super::stdio::ChildStdio;
@@ -39,8 +41,41 @@ fn io_err(what: &str, e: std::io::Error) -> String {
 /// Spawns the init for `cfg` with `stdio` as its fds 0-2 and returns once it
 /// is ready (Create: waiting for start; Exec: exec'd; Pause: running).
 pub fn spawn_init(reaper: &Reaper, cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, String> {
-    let (ours, theirs) = UnixStream::pair().map_err(|e| io_err("socketpair", e))?;
+    spawn_init_with_fds(reaper, cfg, stdio, &[])
+}
+
+/// Lowest fd number the sources of the child's fd table are moved to, so
+/// that no `dup2` in the child overwrites a source not yet placed.
+const FD_FLOOR: i32 = 64;
+
+/// A close-on-exec copy of `fd` numbered at least `FD_FLOOR`.
+fn dup_high(fd: i32) -> Result<OwnedFd, String> {
+    // SAFETY: fcntl F_DUPFD_CLOEXEC on an fd we hold; the result is ours.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, FD_FLOOR) };
+    if n < 0 {
+        return Err(io_err("dup fd for the container init", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `n` is a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Like `spawn_init`, and `inherit[i]` becomes fd `INHERITED_FD_BASE + i` of
+/// the init (the numbers `cfg` refers to).
+pub fn spawn_init_with_fds(
+    reaper: &Reaper,
+    cfg: &InitConfig,
+    stdio: ChildStdio,
+    inherit: &[OwnedFd],
+) -> Result<Spawned, String> {
+    if inherit.len() > MAX_INHERITED_FDS {
+        return Err(format!("{} fds for the container init (at most {MAX_INHERITED_FDS})", inherit.len()));
+    }
+    let (ours, low) = UnixStream::pair().map_err(|e| io_err("socketpair", e))?;
+    let theirs = dup_high(low.as_raw_fd())?;
+    drop(low);
     let raw = theirs.as_raw_fd();
+    let high: Vec<OwnedFd> = inherit.iter().map(|f| dup_high(f.as_raw_fd())).collect::<Result<_, _>>()?;
+    let sources: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg0(INIT_ARGV0)
         .env_clear()
@@ -48,15 +83,18 @@ pub fn spawn_init(reaper: &Reaper, cfg: &InitConfig, stdio: ChildStdio) -> Resul
         .stdout(Stdio::from(stdio.stdout))
         .stderr(Stdio::from(stdio.stderr));
     // SAFETY: only dup2/fcntl run in the child between fork and exec; both
-    // are async-signal-safe and allocate nothing.
+    // are async-signal-safe, and iterating the prebuilt slice allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if raw == SYNC_FD {
-                if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+            // Every source is >= FD_FLOOR and every target below it; dup2
+            // leaves the targets without close-on-exec.
+            if libc::dup2(raw, SYNC_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for (i, &src) in sources.iter().enumerate() {
+                if libc::dup2(src, INHERITED_FD_BASE + i as i32) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(raw, SYNC_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
@@ -65,6 +103,7 @@ pub fn spawn_init(reaper: &Reaper, cfg: &InitConfig, stdio: ChildStdio) -> Resul
     // Close our copies of the child's ends now, so EOFs are seen correctly.
     drop(cmd);
     drop(theirs);
+    drop(high);
     let (child, _intermediate_exit) = spawned.map_err(|e| io_err("spawn container init", e))?;
 
     ours.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).map_err(|e| io_err("socket timeout", e))?;

@@ -1,5 +1,6 @@
-//! The pod: its id, hostname, DNS, storages, the namespace holder shared by
-//! its containers (uts, ipc, optionally pid), and the table of containers.
+//! The pod: its id, hostname, DNS, its own storages, the namespace holder
+//! shared by its containers (uts, ipc, optionally pid), and the table of
+//! containers. Storages named by a CreateContainer belong to that container.
 //!
 //! The table's lock is held only to look up, insert or remove an entry, never
 //! across a container operation: each container has its own locks, so no
@@ -35,6 +36,9 @@ pub struct RuntimeConfig {
     pub run_dir: PathBuf,
     /// Parent of all sandbox cgroups; default `cvm-agent`, env CVM_AGENT_CGROUP_PARENT.
     pub cgroup_parent: String,
+    /// Every storage mount point lies under it; default /run/kata-containers
+    /// (where kata's shim points storages), env CVM_AGENT_STORAGE_BASE.
+    pub storage_base: PathBuf,
 }
 
 impl RuntimeConfig {
@@ -46,6 +50,10 @@ impl RuntimeConfig {
                 .ok()
                 .filter(|p| valid_id(p))
                 .unwrap_or_else(|| "cvm-agent".into()),
+            storage_base: std::env::var_os("CVM_AGENT_STORAGE_BASE")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .unwrap_or_else(|| PathBuf::from("/run/kata-containers")),
         }
     }
 }
@@ -138,15 +146,19 @@ impl Sandbox {
         }
         std::fs::write(dir.join("resolv.conf"), resolv)
             .map_err(|e| RuntimeError::Internal(format!("resolv.conf: {e}")))?;
+        // The sandbox's storages are undone at DestroySandbox (or by the
+        // teardown of a failed CreateSandbox).
         for s in &req.storages {
-            let prepared = storage::prepare(s)?;
+            let prepared = storage::prepare(&self.config.storage_base, s)?;
             lock(&self.state).storages.push(prepared);
         }
         // The namespace holder: uts (with the hostname), ipc, and pid if shared.
-        let mut namespaces =
-            vec![NsRequest { kind: NsKind::Uts, path: None }, NsRequest { kind: NsKind::Ipc, path: None }];
+        let mut namespaces = vec![
+            NsRequest { kind: NsKind::Uts, path: None, fd: None },
+            NsRequest { kind: NsKind::Ipc, path: None, fd: None },
+        ];
         if req.sandbox_pidns {
-            namespaces.push(NsRequest { kind: NsKind::Pid, path: None });
+            namespaces.push(NsRequest { kind: NsKind::Pid, path: None, fd: None });
         }
         let mut process = protos::oci::Process::new();
         process.Args = vec!["pause".into()];
@@ -225,9 +237,7 @@ impl Sandbox {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
-        for s in storages.iter().rev() {
-            storage::undo(s);
-        }
+        storage::undo_all(storages);
         let id = self.sandbox_id();
         // The per-sandbox cgroup directory is empty once its containers are gone.
         if let Ok(cg) = crate::cgroups::ContainerCgroup::create(&format!("{}/{id}", self.config.cgroup_parent), None) {
@@ -279,10 +289,9 @@ impl Sandbox {
         storages: &[protos::agent::Storage],
         spec: protos::oci::Spec,
     ) -> Result<Arc<Container>> {
-        for s in storages {
-            let prepared = storage::prepare(s)?;
-            lock(&self.state).storages.push(prepared);
-        }
+        // The container's storages belong to it: undone in reverse order if
+        // creating it fails at any later step, and by RemoveContainer.
+        let prepared = storage::prepare_all(&self.config.storage_base, storages)?;
         let mut shared = lock(&self.state).shared.clone();
         if !sandbox_pidns {
             shared.pid = None;
@@ -295,7 +304,16 @@ impl Sandbox {
             shared,
             oom_events: self.oom_tx.clone(),
         };
-        Container::create(&self.reaper, params).await
+        match Container::create(&self.reaper, params).await {
+            Ok(c) => {
+                c.adopt_storages(prepared);
+                Ok(c)
+            }
+            Err(e) => {
+                storage::undo_all(prepared);
+                Err(e)
+            }
+        }
     }
 
     pub async fn remove_container(&self, id: &str, timeout: Option<Duration>) -> Result<()> {

@@ -56,11 +56,18 @@ impl Rt {
             cmd.arg("--server-addr")
                 .arg(format!("unix://{}", dir.path().join("agent.sock").display()))
                 .env("CVM_AGENT_RUN_DIR", &run_dir)
+                .env("CVM_AGENT_STORAGE_BASE", dir.path().join("kata"))
                 .env("CVM_AGENT_CGROUP_PARENT", &cg)
                 .env("RUST_LOG", "debug");
         });
         let client = ttrpc::r#async::Client::connect(&agent.addr()).await.expect("connect to agent");
         Rt { agent, client: AgentServiceClient::new(client), dir, cgroup_parent }
+    }
+
+    /// Where the agent accepts storage mount points (its /run/kata-containers).
+    #[allow(dead_code)]
+    pub fn storage_base(&self) -> PathBuf {
+        self.dir.path().join("kata")
     }
 
     /// Builds a fresh busybox rootfs named `name`.

@@ -81,6 +81,7 @@ async fn destroy_sandbox_removes_everything_and_stops_the_agent() {
 
 mod cgroups;
 mod confinement;
+mod hostile_requests;
 mod load;
 mod stdio;
 
@@ -92,6 +93,7 @@ async fn sandbox_dns_storages_and_hostile_storage_paths() {
     }
     let mut rt = Rt::start().await;
     let d = rt.dir.path().to_path_buf();
+    let base = rt.storage_base();
     std::fs::create_dir_all(d.join("src")).unwrap();
     std::fs::write(d.join("src/file"), "data").unwrap();
     let storage = |driver: &str, source: &str, mp: &std::path::Path, opts: &[&str]| Storage {
@@ -105,8 +107,8 @@ async fn sandbox_dns_storages_and_hostile_storage_paths() {
         sandbox_id: "sb".into(),
         dns: vec!["nameserver 10.0.0.1".into(), "search example.test".into()],
         storages: vec![
-            storage("local", "", &d.join("vol1"), &[]),
-            storage("bind", d.join("src").to_str().unwrap(), &d.join("bound"), &["ro"]),
+            storage("local", "", &base.join("vol1"), &[]),
+            storage("bind", d.join("src").to_str().unwrap(), &base.join("bound"), &["ro"]),
         ],
         ..Default::default()
     };
@@ -117,9 +119,9 @@ async fn sandbox_dns_storages_and_hostile_storage_paths() {
         std::fs::read_to_string(d.join("run/sandbox/resolv.conf")).unwrap(),
         "nameserver 10.0.0.1\nsearch example.test\n"
     );
-    assert!(d.join("vol1").is_dir());
-    assert_eq!(std::fs::read_to_string(d.join("bound/file")).unwrap(), "data");
-    assert!(std::fs::write(d.join("bound/new"), "x").is_err(), "read-only bind storage accepted a write");
+    assert!(base.join("vol1").is_dir());
+    assert_eq!(std::fs::read_to_string(base.join("bound/file")).unwrap(), "data");
+    assert!(std::fs::write(base.join("bound/new"), "x").is_err(), "read-only bind storage accepted a write");
 
     // Hostile storages are refused before anything is created.
     for (driver, mp) in
@@ -140,7 +142,7 @@ async fn sandbox_dns_storages_and_hostile_storage_paths() {
     rt.client.destroy_sandbox(harness::ctx(), &DestroySandboxRequest::new()).await.unwrap();
     rt.agent.wait_exit(std::time::Duration::from_secs(20));
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(d.join("bound").to_str().unwrap()), "bind storage still mounted");
+    assert!(!mounts.contains(base.join("bound").to_str().unwrap()), "bind storage still mounted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
