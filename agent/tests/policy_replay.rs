@@ -93,6 +93,7 @@ fn replay(dir: &Path, policy: &Path) -> String {
             // The host picks the log level; decisions must be logged anyway.
             .args(["--log-level", "error"])
             .env("CVM_AGENT_RUN_DIR", work.path().join("run"))
+            .env("CVM_AGENT_STORAGE_BASE", work.path().join("storage"))
             .env("CVM_AGENT_CGROUP_PARENT", format!("cvm-policy-replay-{}", std::process::id()));
     });
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
