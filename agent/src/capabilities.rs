@@ -71,6 +71,35 @@ impl CapSet {
     pub fn contains(self, cap: usize) -> bool {
         self.0 & (1 << cap) != 0
     }
+
+    /// The `CAP_*` names of the set, in kernel order.
+    pub fn names(self) -> Vec<String> {
+        NAMES.iter().enumerate().filter(|(i, _)| self.contains(*i)).map(|(_, n)| (*n).to_owned()).collect()
+    }
+}
+
+/// The capabilities of a process exec'd into a container whose init runs with
+/// `init`: never more than the init has, set by set. An exec that names none
+/// gets the init's (the OCI default of "leave them alone" would hand a root
+/// exec every capability inside a container that has none). An init without
+/// a capabilities field keeps the exec's request as it is.
+pub fn bound_exec(
+    exec: Option<&protos::oci::LinuxCapabilities>,
+    init: Option<&protos::oci::LinuxCapabilities>,
+) -> Result<Option<protos::oci::LinuxCapabilities>, String> {
+    let Some(init) = init else { return Ok(exec.cloned()) };
+    let Some(exec) = exec else { return Ok(Some(init.clone())) };
+    let both = |e: &[String], i: &[String]| -> Result<Vec<String>, String> {
+        Ok(CapSet(CapSet::parse(e)?.0 & CapSet::parse(i)?.0).names())
+    };
+    Ok(Some(protos::oci::LinuxCapabilities {
+        Bounding: both(&exec.Bounding, &init.Bounding)?,
+        Effective: both(&exec.Effective, &init.Effective)?,
+        Inheritable: both(&exec.Inheritable, &init.Inheritable)?,
+        Permitted: both(&exec.Permitted, &init.Permitted)?,
+        Ambient: both(&exec.Ambient, &init.Ambient)?,
+        ..Default::default()
+    }))
 }
 
 /// All five sets of a process.
@@ -176,5 +205,26 @@ mod tests {
         let set = CapSet::parse(&["CAP_CHOWN".into(), "net_raw".into(), "CAP_CHECKPOINT_RESTORE".into()]).unwrap();
         assert_eq!(set.0, 1 | (1 << 13) | (1 << 40));
         assert!(CapSet::parse(&["CAP_ROOT".into()]).unwrap_err().contains("CAP_ROOT"));
+    }
+
+    #[test]
+    fn an_exec_never_gets_more_capabilities_than_its_container() {
+        let caps = |names: &[&str]| protos::oci::LinuxCapabilities {
+            Bounding: names.iter().map(|s| s.to_string()).collect(),
+            Effective: names.iter().map(|s| s.to_string()).collect(),
+            Permitted: names.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let none = caps(&[]);
+        // No field on the exec: the container's (here: nothing at all).
+        assert_eq!(bound_exec(None, Some(&none)).unwrap(), Some(none.clone()));
+        // Asking for more than the container has: cut down to it.
+        let asked = caps(&["CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "net_raw"]);
+        let got = bound_exec(Some(&asked), Some(&caps(&["CAP_NET_RAW", "CAP_CHOWN"]))).unwrap().unwrap();
+        assert_eq!(got.Bounding, vec!["CAP_NET_RAW".to_owned()]);
+        assert_eq!(got.Effective, got.Bounding);
+        // A container without a capabilities field leaves the exec's request alone.
+        assert_eq!(bound_exec(Some(&asked), None).unwrap(), Some(asked.clone()));
+        assert!(bound_exec(Some(&caps(&["CAP_ROOT"])), Some(&none)).is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! ExecProcess: a new process inside a running container. It joins every
 //! namespace of the container's init that differs from the agent's own, and
-//! the container's cgroup; the container's seccomp profile applies to it.
+//! the container's cgroup; the container's seccomp profile applies to it, and
+//! it never gets a capability (or loses no_new_privs) that the container's
+//! own process does not have.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ fn same_namespace(a: &Path, b: &Path) -> bool {
 }
 
 impl Container {
-    pub async fn exec(&self, reaper: &Reaper, exec_id: &str, process: protos::oci::Process) -> Result<()> {
+    pub async fn exec(&self, reaper: &Reaper, exec_id: &str, mut process: protos::oci::Process) -> Result<()> {
         if exec_id.is_empty() {
             return Err(RuntimeError::InvalidArgument("ExecProcess needs an exec id".into()));
         }
@@ -45,6 +47,13 @@ impl Container {
                 namespaces.push(NsRequest { kind, path: Some(theirs), fd: None });
             }
         }
+        // Never more privilege than the container's own process has.
+        let init = self.spec.Process.as_ref();
+        let init_caps = init.and_then(|p| p.Capabilities.as_ref());
+        process.Capabilities = crate::capabilities::bound_exec(process.Capabilities.as_ref(), init_caps)
+            .map_err(RuntimeError::InvalidArgument)?
+            .into();
+        process.NoNewPrivileges |= init.is_some_and(|p| p.NoNewPrivileges);
         let (agent_io, child_io) =
             stdio::for_process(&process).map_err(|e| RuntimeError::Internal(format!("stdio: {e}")))?;
         let mut spec = self.spec.clone();

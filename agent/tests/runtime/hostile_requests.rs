@@ -349,3 +349,41 @@ async fn storages_of_a_create_container_that_fails_late_are_undone() {
     rt.remove("c").await.unwrap();
     assert!(mounts_under(&base).is_empty());
 }
+
+/// A root exec with no capabilities field, into a tenant container that runs
+/// as uid 1000 without capabilities: it gets none (not every capability), so
+/// it cannot read the tenant's environment through /proc.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_exec_gets_no_more_capabilities_than_its_container() {
+    if !prerequisites() {
+        return;
+    }
+    let rt = Rt::start().await;
+    rt.create_sandbox("sb", true).await;
+    let mut s = spec(&rt.rootfs("tenant"), &["sh", "-c", "export SECRET=s3cr3t; exec sleep 1000"]);
+    let p = s.Process.as_mut().unwrap();
+    p.User = Some(oci::User { UID: 1000, GID: 1000, ..Default::default() }).into();
+    p.Capabilities = Some(oci::LinuxCapabilities::default()).into();
+    rt.run("tenant", s).await;
+    let mut exec = crate::harness::process(&[
+        "sh",
+        "-c",
+        "grep CapEff /proc/self/status; cat /proc/1/environ >/dev/null 2>&1 && echo environ=readable || echo environ=denied",
+    ]);
+    exec.User = Some(oci::User { UID: 0, GID: 0, ..Default::default() }).into();
+    exec.Capabilities = protobuf::MessageField::none();
+    let req = protos::agent::ExecProcessRequest {
+        container_id: "tenant".into(),
+        exec_id: "peek".into(),
+        process: Some(exec).into(),
+        ..Default::default()
+    };
+    rt.client.exec_process(ctx(), &req).await.unwrap();
+    let out = rt.read_all("tenant", "peek", false).await;
+    assert_eq!(rt.wait("tenant", "peek").await, 0);
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("environ=denied"), "{out}");
+    rt.signal("tenant", "", libc::SIGKILL).await.unwrap();
+    rt.wait("tenant", "").await;
+    rt.remove("tenant").await.unwrap();
+}
