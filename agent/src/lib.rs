@@ -13,6 +13,7 @@ pub mod container;
 pub mod ctl;
 pub mod guest_details;
 pub mod init;
+pub mod initdata;
 pub mod jail;
 pub mod logging;
 pub mod memory;

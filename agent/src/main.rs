@@ -30,6 +30,11 @@ struct Args {
     /// Also KATA_AGENT_POLICY_FILE. Ignored when the agent is PID 1 (see config::policy_file).
     #[arg(long, value_name = "FILE")]
     policy_file: Option<std::path::PathBuf>,
+    /// An initdata device image (kata's layout) to use as if attached; its
+    /// policy.rego replaces the policy file. Ignored when the agent is PID 1,
+    /// which finds the device in /dev itself.
+    #[arg(long, value_name = "FILE")]
+    initdata_device: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -94,7 +99,15 @@ fn run(args: Args, pid1: bool) -> ExitCode {
     if let Some(source) = ignored {
         tracing::warn!(source, "ignoring a policy file given to PID 1 on the kernel command line");
     }
-    let policy = match AgentPolicy::load_startup_policy(&policy_path, None) {
+    let initdata = match cvm_agent::initdata::load(pid1, args.initdata_device.as_deref()) {
+        Ok(i) => i,
+        Err(err) => {
+            tracing::error!(%err, "cannot read the initdata; refusing to serve without the tenant's configuration");
+            return ExitCode::FAILURE;
+        }
+    };
+    let initdata_policy = initdata.as_ref().and_then(|i| i.get(cvm_agent::initdata::POLICY));
+    let policy = match AgentPolicy::load_startup_policy(&policy_path, initdata_policy) {
         Ok(p) => std::sync::Arc::new(p),
         Err(err) => {
             tracing::error!(%err, "cannot load the agent policy; refusing to serve");

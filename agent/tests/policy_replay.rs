@@ -163,3 +163,92 @@ fn allow_all_allows_every_kind_and_says_so_loudly() {
     let log = replay(&data_dir("allow-all"), Path::new(common::ALLOW_ALL));
     assert!(log.contains("ALLOW-ALL POLICY"), "{log}");
 }
+
+/// Starts an agent on `dir` with the given extra arguments.
+fn agent_with(dir: &Path, args: &[&std::ffi::OsStr]) -> Agent {
+    Agent::start_with(dir, |cmd| {
+        cmd.arg("--server-addr").arg(format!("unix://{}", dir.join("agent.sock").display())).args(args);
+    })
+}
+
+fn call(agent: &Agent, method: &str, body: serde_json::Value) -> Result<String, CtlError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let target = Target { addr: agent.addr().parse().unwrap(), hybrid_vsock_port: None };
+        let client = target.connect(Duration::from_secs(5)).await.unwrap();
+        ctl::call_on(&client, method, &body.to_string(), Duration::from_secs(10)).await
+    })
+}
+
+fn is_denied(r: &Result<String, CtlError>) -> bool {
+    matches!(r, Err(CtlError::Status { code, .. }) if *code == ttrpc::Code::PERMISSION_DENIED as i32)
+}
+
+#[test]
+fn initdata_policy_replaces_the_policy_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let confidential = std::fs::read_to_string(common::CONFIDENTIAL).unwrap();
+    let doc =
+        format!("version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"policy.rego\" = '''\n{confidential}'''\n");
+    let img = dir.path().join("initdata.img");
+    std::fs::write(&img, cvm_agent::initdata::device_image(doc.as_bytes())).unwrap();
+    let allow_all = std::ffi::OsStr::new(common::ALLOW_ALL);
+    let agent =
+        agent_with(dir.path(), &["--policy-file".as_ref(), allow_all, "--initdata-device".as_ref(), img.as_os_str()]);
+    let exec = serde_json::json!({"container_id": "c1", "exec_id": "e1", "process": {"Args": ["sh"]}});
+    assert!(is_denied(&call(&agent, "ExecProcess", exec)), "the initdata policy must be in force");
+    let log = agent.log_text();
+    assert!(log.contains("origin=initdata policy.rego") && !log.contains("ALLOW-ALL"), "{log}");
+    drop(agent);
+
+    // A malformed initdata device: the agent refuses to serve at all.
+    std::fs::write(&img, b"initdata\xff\xff\xff\xff\xff\xff\xff\xff").unwrap();
+    let out = std::process::Command::new(common::AGENT)
+        .args(["--server-addr", &format!("unix://{}", dir.path().join("b.sock").display())])
+        .arg("--policy-file")
+        .arg(common::ALLOW_ALL)
+        .arg("--initdata-device")
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to serve") && err.contains("initdata.img"), "{err}");
+}
+
+#[test]
+fn set_policy_replaces_the_policy_only_when_the_policy_in_force_allows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_with(dir.path(), &["--policy-file".as_ref(), common::ALLOW_ALL.as_ref()]);
+    // Not Rego: refused by name, and the policy in force stays (still allow-all).
+    let bad = call(&agent, "SetPolicy", serde_json::json!({"policy": "package agent_policy\nthis is not rego("}));
+    assert!(
+        matches!(&bad, Err(CtlError::Status { code, .. }) if *code == ttrpc::Code::INVALID_ARGUMENT as i32),
+        "{bad:?}"
+    );
+    let metrics = call(&agent, "GetMetrics", serde_json::json!({})).unwrap();
+    assert!(metrics.contains("cvm_agent_policy_decisions_total"), "{metrics}");
+    // allow-all allows SetPolicy; the new policy allows metrics, denies SetPolicy.
+    let locked =
+        "package agent_policy\nimport rego.v1\ndefault SetPolicyRequest := false\ndefault GetMetricsRequest := true\n";
+    call(&agent, "SetPolicy", serde_json::json!({"policy": locked})).unwrap();
+    assert!(is_denied(&call(&agent, "SetPolicy", serde_json::json!({"policy": common_allow_all()}))));
+    assert!(is_denied(&call(&agent, "ExecProcess", serde_json::json!({"container_id": "c1"}))));
+    // The counters saw each verdict.
+    let metrics: serde_json::Value =
+        serde_json::from_str(&call(&agent, "GetMetrics", serde_json::json!({})).unwrap()).unwrap();
+    let text = metrics["metrics"].as_str().unwrap();
+    for line in [
+        "cvm_agent_policy_decisions_total{method=\"SetPolicy\",decision=\"allow\"} 2",
+        "cvm_agent_policy_decisions_total{method=\"SetPolicy\",decision=\"deny\"} 1",
+        "cvm_agent_policy_decisions_total{method=\"ExecProcess\",decision=\"deny\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    assert!(text.contains("cvm_agent_resident_bytes "), "{text}");
+    assert!(agent.log_text().contains("policy replaced by SetPolicy"));
+}
+
+fn common_allow_all() -> String {
+    std::fs::read_to_string(common::ALLOW_ALL).unwrap()
+}
