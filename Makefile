@@ -19,7 +19,7 @@ ROOTFS_DIR   := target/rootfs
 VM           := $(CARGO) run -q -p vm-harness --bin cvm-vm --
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build release test lint fmt demo demo-local clean check-tools deps bench bench-pull bench-encrypted bench-aa bench-runtime bench-arena bench-boot rootfs vm vhost-device-vsock
+.PHONY: all build release test lint fmt demo demo-local clean check-tools deps bench bench-pull bench-encrypted bench-aa bench-runtime bench-arena bench-policy bench-boot rootfs vm vhost-device-vsock
 
 all: build
 
@@ -87,7 +87,7 @@ demo-local: check-tools
 	./agent/demo.sh target/debug
 
 # Benchmarks against real peers; results go to docs/BENCHMARKS.md.
-bench: bench-pull bench-encrypted bench-aa bench-runtime bench-boot
+bench: bench-pull bench-encrypted bench-aa bench-runtime bench-policy bench-boot
 
 # Image pull vs curl|gzip|tar, skopeo+umoci and ctr (root, about 10 min).
 bench-pull:
@@ -108,6 +108,11 @@ bench-runtime: deps
 # One malloc arena (the agent's setting) vs glibc's default, under load (~2 min).
 bench-arena: deps
 	bash tests/bench/arena.sh
+
+# Request policy cost: lifecycle with the confidential policy, allow-all and no
+# engine; evaluation time per request (root, about 4 min).
+bench-policy: deps
+	bash tests/bench/policy.sh
 
 # Boot time under QEMU: uncompressed kernel vs Debian's vmlinuz (~3 min TCG).
 bench-boot: deps rootfs

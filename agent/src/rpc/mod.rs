@@ -30,7 +30,14 @@ pub fn services(
 ) -> HashMap<String, ttrpc::r#async::Service> {
     let sandbox = Arc::new(Sandbox::new(reaper, shutdown, RuntimeConfig::from_env()));
     let handlers = AgentRpc::new(sandbox, policy.clone());
+    #[cfg(not(feature = "bench-no-policy"))]
     let agent: Arc<dyn protos::agent_ttrpc::AgentService + Send + Sync> = Arc::new(PolicyGate::new(handlers, policy));
+    #[cfg(feature = "bench-no-policy")]
+    let agent: Arc<dyn protos::agent_ttrpc::AgentService + Send + Sync> = {
+        drop(policy);
+        tracing::error!("built with bench-no-policy: requests are NOT checked by any policy (benchmark build)");
+        Arc::new(handlers)
+    };
     let health: Arc<dyn protos::health_ttrpc::Health + Send + Sync> = Arc::new(HealthService);
     let mut all = protos::agent_ttrpc::create_agent_service(agent);
     all.extend(protos::health_ttrpc::create_health(health));
