@@ -7,6 +7,8 @@ import statistics
 import sys
 import time
 
+from bench_doc import replace_section
+
 work, doc, commit, load_before, load_after, elapsed, runs, rounds = sys.argv[1:9]
 
 
@@ -80,13 +82,4 @@ lines.append("")
 section = "\n".join(lines)
 print(section)
 
-with open(doc) as f:
-    text = f.read()
-start = text.find("## Agent request policy")
-if start >= 0:
-    nxt = text.find("\n## ", start + 1)
-    text = text[:start] + section.rstrip("\n") + "\n" + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
-else:
-    text = text.rstrip("\n") + "\n\n" + section
-with open(doc, "w") as f:
-    f.write(text)
+replace_section(doc, "## Agent request policy", section)

@@ -7,6 +7,8 @@ import statistics
 import sys
 import time
 
+from bench_doc import replace_section
+
 work, doc, commit, load_before, load_after, elapsed, crun_v, runc_v, runs = sys.argv[1:10]
 
 
@@ -75,13 +77,4 @@ lines += [
 section = "\n".join(lines)
 print(section)
 
-with open(doc) as f:
-    text = f.read()
-start = text.find("## Container runtime")
-if start >= 0:
-    nxt = text.find("\n## ", start + 1)
-    text = text[:start] + section.rstrip("\n") + "\n" + ("\n" + text[nxt + 1:] if nxt >= 0 else "")
-else:
-    text = text.rstrip("\n") + "\n\n" + section
-with open(doc, "w") as f:
-    f.write(text)
+replace_section(doc, "## Container runtime", section)
