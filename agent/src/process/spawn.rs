@@ -1,7 +1,9 @@
-//! Starts a container init (the agent binary re-executed) and runs the agent
-//! side of its handshake (see `jail::protocol`). Blocking: call it from
-//! `spawn_blocking`. Between fork and exec the child runs only std's own
-//! spawn code plus one `dup2`/`fcntl`, both async-signal-safe.
+//! Starts a container init (the agent binary re-executed from its sealed
+//! memfd copy, `jail::sealed_exe`) and runs the agent side of its handshake
+//! (see `jail::protocol`). Blocking: call it from `spawn_blocking`. Between
+//! fork and exec the child runs only std's own spawn code plus one
+//! `dup2`/`fcntl`, both async-signal-safe. Never execs the agent binary on
+//! disk.
 
 use std::io::BufReader;
 use std::os::fd::AsRawFd;
@@ -11,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::jail::protocol::{self, InitConfig, Report, ACK, INIT_ARGV0, START, SYNC_FD};
+use crate::jail::sealed_exe;
 use crate::reaper::{ExitWaiter, Reaper};
 
 use super::stdio::ChildStdio;
@@ -39,9 +42,13 @@ fn io_err(what: &str, e: std::io::Error) -> String {
 /// Spawns the init for `cfg` with `stdio` as its fds 0-2 and returns once it
 /// is ready (Create: waiting for start; Exec: exec'd; Pause: running).
 pub fn spawn_init(reaper: &Reaper, cfg: &InitConfig, stdio: ChildStdio) -> Result<Spawned, String> {
+    // Made on the first spawn (a copy of the agent binary), shared after.
+    let exe = sealed_exe::container_init_exe().map_err(|e| format!("container init executable: {e}"))?;
     let (ours, theirs) = UnixStream::pair().map_err(|e| io_err("socketpair", e))?;
     let raw = theirs.as_raw_fd();
-    let mut cmd = Command::new("/proc/self/exe");
+    // The memfd is close-on-exec and sits above fd 3, so the dup2s below never
+    // touch it; the kernel opens the path before closing close-on-exec fds.
+    let mut cmd = Command::new(exe.exec_path());
     cmd.arg0(INIT_ARGV0)
         .env_clear()
         .stdin(Stdio::from(stdio.stdin))
