@@ -81,6 +81,7 @@ async fn destroy_sandbox_removes_everything_and_stops_the_agent() {
 
 mod cgroups;
 mod confinement;
+mod exe_hijack;
 mod hostile_requests;
 mod load;
 mod stdio;
