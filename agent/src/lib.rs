@@ -10,6 +10,7 @@ pub mod capabilities;
 pub mod cgroups;
 pub mod config;
 pub mod container;
+pub mod flow;
 pub mod ctl;
 pub mod guest_details;
 pub mod init;

@@ -96,6 +96,8 @@ impl SockAddr {
     /// A leftover socket file from a previous run is replaced only when nothing
     /// answers on it; a live listener is never stolen. A new filesystem socket
     /// is made owner-only (0600): the agent API controls the whole guest.
+    /// Every accepted connection is flow-controlled ([`crate::flow`]): a host
+    /// that does not read its replies is back-pressured, not buffered.
     pub fn listen(&self) -> io::Result<Listener> {
         if let SockAddr::UnixPath(path) = self {
             remove_stale_socket(path)?;
@@ -104,7 +106,7 @@ impl SockAddr {
         if let SockAddr::UnixPath(path) = self {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         }
-        Ok(listener)
+        Ok(crate::flow::bound_connections(listener))
     }
 
     /// Removes the socket file of a filesystem address (after shutdown).
