@@ -11,6 +11,14 @@
 //! connection is at its bound. The bytes then stay in the socket, the kernel
 //! buffers fill, and the host's writes block.
 //!
+//! Replies waiting to be written are bounded twice over: they belong to
+//! in-flight requests (at most [`MAX_REQUESTS_IN_FLIGHT`]), and once a reply
+//! write finds the socket full no further request is read, so a host that
+//! stops reading leaves behind only the replies of requests it had already
+//! sent. Each reply is at most ttrpc's 4 MiB frame (a larger one is replaced
+//! by an error) and the agent's large replies, ReadStdout/ReadStderr, are at
+//! most 1 MiB (`process::MAX_READ`).
+//!
 //! It must never stop reading in the middle of a frame, never buffer bytes of
 //! its own, and never change a byte on the wire.
 
@@ -19,7 +27,11 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use futures_util::StreamExt;
+use std::future::Future;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use ttrpc::r#async::transport::Listener;
 
@@ -52,9 +64,68 @@ const TYPE_REQUEST: u8 = 1;
 const TYPE_RESPONSE: u8 = 2;
 const TYPE_DATA: u8 = 3;
 
+/// How often a connection parked at its bound checks whether the host hung up
+/// (it reads nothing then, so it would not see the end of the stream).
+const HANGUP_CHECK: Duration = Duration::from_millis(500);
+
+/// A listening socket whose accepted connections can be flow-controlled.
+pub trait Acceptor: Send + Sync + Unpin + 'static {
+    type Conn: AsyncRead + AsyncWrite + PeerHangup + Send + Sync + Unpin + 'static;
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Conn>>;
+}
+
+/// Tells whether the peer has closed (or shut down its sending side of) a
+/// connection whose unread bytes may still sit in the socket.
+pub trait PeerHangup {
+    fn peer_hung_up(&self) -> bool;
+}
+
+impl Acceptor for tokio::net::UnixListener {
+    type Conn = tokio::net::UnixStream;
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Conn>> {
+        tokio::net::UnixListener::poll_accept(self, cx).map_ok(|(conn, _)| conn)
+    }
+}
+
+impl Acceptor for tokio_vsock::VsockListener {
+    type Conn = tokio_vsock::VsockStream;
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Conn>> {
+        tokio_vsock::VsockListener::poll_accept(self, cx).map_ok(|(conn, _)| conn)
+    }
+}
+
+impl PeerHangup for tokio::net::UnixStream {
+    fn peer_hung_up(&self) -> bool {
+        fd_hung_up(self.as_raw_fd())
+    }
+}
+
+impl PeerHangup for tokio_vsock::VsockStream {
+    fn peer_hung_up(&self) -> bool {
+        fd_hung_up(self.as_raw_fd())
+    }
+}
+
+/// POLLRDHUP is reported even while unread data is queued, unlike a read of 0.
+fn fd_hung_up(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd { fd, events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd, zero timeout; poll only reads the fd's state.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// Wraps every connection `listener` accepts in a [`FlowSocket`].
-pub fn bound_connections(listener: Listener) -> Listener {
-    Listener::new(listener.map(|conn| conn.map(FlowSocket::new)))
+pub fn bound_connections<A: Acceptor>(listener: A) -> Listener {
+    Listener::new(Incoming(listener))
+}
+
+struct Incoming<A>(A);
+
+impl<A: Acceptor> Stream for Incoming<A> {
+    type Item = io::Result<FlowSocket<A::Conn>>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_accept(cx).map(|conn| Some(conn.map(FlowSocket::new)))
+    }
 }
 
 /// A ttrpc frame header being assembled from a byte stream, then the number
@@ -181,6 +252,8 @@ pub struct FlowSocket<S> {
     write_stalled: bool,
     /// The read half, parked at a frame boundary while the bound holds.
     parked_reader: Option<Waker>,
+    /// Runs while the read half is parked, to notice a host that hung up.
+    hangup_check: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> FlowSocket<S> {
@@ -192,6 +265,7 @@ impl<S> FlowSocket<S> {
             in_flight: InFlight::default(),
             write_stalled: false,
             parked_reader: None,
+            hangup_check: None,
         }
     }
 
@@ -219,16 +293,31 @@ impl<S> Drop for FlowSocket<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for FlowSocket<S> {
+impl<S: AsyncRead + PeerHangup + Unpin> AsyncRead for FlowSocket<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
         if this.inbound.at_boundary() && this.must_wait() {
+            // Parked, the read half would never see the host close the
+            // connection (its unread requests still fill the socket), and a
+            // connection whose requests are all long polls would live on
+            // after the host left. Report the end of the stream instead.
+            if this.inner.peer_hung_up() {
+                return Poll::Ready(Ok(()));
+            }
             this.parked_reader = Some(cx.waker().clone());
+            let check = this.hangup_check.get_or_insert_with(|| Box::pin(tokio::time::sleep(HANGUP_CHECK)));
+            while check.as_mut().poll(cx).is_ready() {
+                if this.inner.peer_hung_up() {
+                    return Poll::Ready(Ok(()));
+                }
+                check.as_mut().reset(tokio::time::Instant::now() + HANGUP_CHECK);
+            }
             return Poll::Pending;
         }
+        this.hangup_check = None;
         // Never read past the current header or body, so the bound is checked
         // at every frame boundary. ttrpc reads exactly a header, then exactly
         // a body, so the first branch is the one taken.

@@ -8,6 +8,12 @@ use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::*;
 
+impl PeerHangup for DuplexStream {
+    fn peer_hung_up(&self) -> bool {
+        false
+    }
+}
+
 fn frame(kind: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(HEADER_LEN + payload.len());
     f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -119,6 +125,31 @@ async fn a_full_socket_stops_reading_until_replies_drain() {
     writer.await.unwrap();
     tokio::time::timeout(Duration::from_secs(2), agent_read.read_exact(&mut next)).await.unwrap().unwrap();
     assert_eq!(&next[HEADER_LEN..], b"b");
+}
+
+#[tokio::test]
+async fn a_connection_parked_at_its_bound_ends_when_the_host_hangs_up() {
+    let (mut host, agent) = tokio::net::UnixStream::pair().unwrap();
+    let mut agent = FlowSocket::new(agent);
+    for i in 0..=MAX_REQUESTS_IN_FLIGHT as u32 {
+        host.write_all(&frame(TYPE_REQUEST, 2 * i + 1, b"wait")).await.unwrap();
+    }
+    let mut h = [0u8; HEADER_LEN + 4];
+    for _ in 0..MAX_REQUESTS_IN_FLIGHT {
+        agent.read_exact(&mut h).await.unwrap();
+    }
+    let mut next = [0u8; HEADER_LEN];
+    let parked = agent.read(&mut next);
+    tokio::pin!(parked);
+    assert!(tokio::time::timeout(Duration::from_millis(200), &mut parked).await.is_err(), "read past the bound");
+
+    // The last request is still unread in the socket when the host leaves.
+    drop(host);
+    let n = tokio::time::timeout(HANGUP_CHECK * 3, parked)
+        .await
+        .expect("a parked connection notices the hang-up")
+        .unwrap();
+    assert_eq!(n, 0, "the end of the stream, not the unread request");
 }
 
 #[test]
