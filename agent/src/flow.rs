@@ -9,7 +9,10 @@
 //! extra syscall): it follows the 10-byte frame headers in both directions,
 //! and at a frame boundary it stops handing inbound bytes to ttrpc while the
 //! connection is at its bound. The bytes then stay in the socket, the kernel
-//! buffers fill, and the host's writes block.
+//! buffers fill, and the host's writes block. A parked connection still
+//! checks every 500 ms whether the host hung up, so it never outlives it.
+//! The agent binds its unix, abstract and vsock listeners itself (not through
+//! ttrpc's `Listener::bind`) to keep each connection's fd for that check.
 //!
 //! Replies waiting to be written are bounded twice over: they belong to
 //! in-flight requests (at most [`MAX_REQUESTS_IN_FLIGHT`]), and once a reply
@@ -23,12 +26,11 @@
 //! its own, and never change a byte on the wire.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-
-use std::future::Future;
-use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use futures_util::Stream;

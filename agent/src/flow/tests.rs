@@ -145,10 +145,8 @@ async fn a_connection_parked_at_its_bound_ends_when_the_host_hangs_up() {
 
     // The last request is still unread in the socket when the host leaves.
     drop(host);
-    let n = tokio::time::timeout(HANGUP_CHECK * 3, parked)
-        .await
-        .expect("a parked connection notices the hang-up")
-        .unwrap();
+    let n =
+        tokio::time::timeout(HANGUP_CHECK * 3, parked).await.expect("a parked connection notices the hang-up").unwrap();
     assert_eq!(n, 0, "the end of the stream, not the unread request");
 }
 
