@@ -11,6 +11,7 @@ pub mod cgroups;
 pub mod config;
 pub mod container;
 pub mod ctl;
+pub mod flow;
 pub mod guest_details;
 pub mod init;
 pub mod initdata;
