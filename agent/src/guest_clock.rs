@@ -2,15 +2,22 @@
 //! the host sends. Never touches CLOCK_MONOTONIC (timeouts and the reaper
 //! rely on it) and never accepts a value the kernel would have to round.
 //! The host is untrusted: a policy that does not trust its clock denies this
-//! request at the gate.
+//! request at the gate. Times before TIME_FLOOR are refused: no real clock
+//! reads them, and an epoch-zero request (kata's default message) would
+//! otherwise wind the clock back decades.
 
 use crate::container::RuntimeError;
+
+/// 2024-01-01T00:00:00Z: the earliest time accepted.
+pub const TIME_FLOOR: i64 = 1_704_067_200;
 
 /// Sets CLOCK_REALTIME to `sec` seconds and `usec` microseconds since the
 /// epoch (kata's `Sec`/`Usec`, settimeofday semantics).
 pub fn set(sec: i64, usec: i64) -> Result<(), RuntimeError> {
-    if sec < 0 {
-        return Err(RuntimeError::InvalidArgument(format!("SetGuestDateTime: negative Sec {sec}")));
+    if sec < TIME_FLOOR {
+        return Err(RuntimeError::InvalidArgument(format!(
+            "SetGuestDateTime: Sec {sec} is before {TIME_FLOOR} (2024-01-01)"
+        )));
     }
     if !(0..1_000_000).contains(&usec) {
         return Err(RuntimeError::InvalidArgument(format!("SetGuestDateTime: Usec {usec} is not in 0..1000000")));
@@ -38,7 +45,13 @@ mod tests {
 
     #[test]
     fn out_of_range_values_are_refused_by_name() {
-        for (s, u, needle) in [(-1, 0, "negative Sec"), (1, 1_000_000, "Usec 1000000"), (1, -1, "Usec -1")] {
+        let ok = TIME_FLOOR + 1;
+        for (s, u, needle) in [
+            (-1, 0, "Sec -1 is before"),
+            (0, 0, "Sec 0 is before"),
+            (ok, 1_000_000, "Usec 1000000"),
+            (ok, -1, "Usec -1"),
+        ] {
             let e = set(s, u).unwrap_err();
             assert!(matches!(e, RuntimeError::InvalidArgument(_)) && e.to_string().contains(needle), "{e}");
         }

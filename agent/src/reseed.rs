@@ -31,7 +31,9 @@ pub fn reseed(device: &Path, data: &[u8]) -> Result<(), RuntimeError> {
             data.len()
         )));
     }
-    let internal = |what: &str, e: std::io::Error| RuntimeError::Internal(format!("ReseedRandomDev: {what} {}: {e}", device.display()));
+    let internal = |what: &str, e: std::io::Error| {
+        RuntimeError::Internal(format!("ReseedRandomDev: {what} {}: {e}", device.display()))
+    };
     let mut dev = std::fs::OpenOptions::new().write(true).open(device).map_err(|e| internal("open", e))?;
     dev.write_all(data).map_err(|e| internal("write", e))?;
     // SAFETY: an ioctl without an argument on our fd.

@@ -186,10 +186,9 @@ impl CopyFiles {
 
     fn write_chunk(&self, rel: &Path, req: &CopyFileRequest) -> Result<(), RuntimeError> {
         let path = &req.path;
-        let size = u64::try_from(req.file_size)
-            .ok()
-            .filter(|s| *s <= MAX_FILE_SIZE)
-            .ok_or_else(|| invalid(format!("CopyFile {path:?}: file_size {} is not in 0..={MAX_FILE_SIZE}", req.file_size)))?;
+        let size = u64::try_from(req.file_size).ok().filter(|s| *s <= MAX_FILE_SIZE).ok_or_else(|| {
+            invalid(format!("CopyFile {path:?}: file_size {} is not in 0..={MAX_FILE_SIZE}", req.file_size))
+        })?;
         if req.data.len() > MAX_CHUNK {
             return Err(invalid(format!(
                 "CopyFile {path:?}: {} bytes of data in one request (limit {MAX_CHUNK})",
@@ -242,7 +241,10 @@ impl CopyFiles {
                 }
             }
         }
-        map.insert(rel.to_path_buf(), pending);
+        // A concurrent first chunk to the same path: the later one wins.
+        if let Some(old) = map.insert(rel.to_path_buf(), pending) {
+            old.parent.unlink(&old.tmp);
+        }
         Ok(())
     }
 

@@ -220,7 +220,10 @@ pub fn errno_err(path: &str, e: io::Error) -> RuntimeError {
         Some(libc::ESTALE) => RuntimeError::InvalidArgument(format!(
             "CopyFile {path:?}: the temporary file was replaced before the rename; nothing written"
         )),
-        Some(libc::ENOTDIR) | Some(libc::ENOENT) | Some(libc::EEXIST) | Some(libc::ENAMETOOLONG)
+        Some(libc::ENOTDIR)
+        | Some(libc::ENOENT)
+        | Some(libc::EEXIST)
+        | Some(libc::ENAMETOOLONG)
         | Some(libc::ENOTEMPTY) => RuntimeError::InvalidArgument(format!("CopyFile {path:?}: {e}")),
         _ => RuntimeError::Internal(format!("CopyFile {path:?}: {e}")),
     }

@@ -50,7 +50,9 @@ impl DirOptions {
         let mp = &s.mount_point;
         let mut o = DirOptions::default();
         for opt in s.options.iter().flat_map(|o| o.split(',')) {
-            let bad = || RuntimeError::InvalidArgument(format!("{} storage {mp:?}: option {opt:?} is not supported", s.driver));
+            let bad = || {
+                RuntimeError::InvalidArgument(format!("{} storage {mp:?}: option {opt:?} is not supported", s.driver))
+            };
             let (key, value) = opt.split_once('=').map_or((opt, None), |(k, v)| (k, Some(v)));
             match (key, value, tmpfs) {
                 ("fsgid", Some(v), _) => o.fsgid = Some(v.parse().map_err(|_| bad())?),
@@ -193,7 +195,10 @@ pub fn prepare(base: &Path, s: &protos::agent::Storage) -> Result<Prepared, Runt
                 )));
             }
             if s.source.len() > 255 || s.source.contains(['\0', ',']) {
-                return Err(RuntimeError::InvalidArgument(format!("ephemeral storage {mp:?}: bad source {:?}", s.source)));
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "ephemeral storage {mp:?}: bad source {:?}",
+                    s.source
+                )));
             }
             let opts = DirOptions::parse(s, true)?;
             let dst = beneath::mkdir_all_beneath(&base_fd, &rel).map_err(io_err("ephemeral storage", mp))?;
@@ -335,7 +340,10 @@ mod tests {
             ("local", "size=1m"),
         ] {
             let e = DirOptions::parse(&storage(driver, &[opt]), driver == "ephemeral").unwrap_err();
-            assert!(matches!(e, RuntimeError::InvalidArgument(_)) && e.to_string().contains("is not supported"), "{opt}: {e}");
+            assert!(
+                matches!(e, RuntimeError::InvalidArgument(_)) && e.to_string().contains("is not supported"),
+                "{opt}: {e}"
+            );
         }
     }
 

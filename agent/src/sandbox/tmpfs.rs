@@ -57,7 +57,14 @@ pub fn mount_onto(dst: &OwnedFd, source: &str, data: &[(String, String)], attrs:
     }
     // SAFETY: no pointers for CMD_CREATE.
     let rc = unsafe {
-        libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, std::ptr::null::<u8>(), std::ptr::null::<u8>(), 0)
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<u8>(),
+            std::ptr::null::<u8>(),
+            0,
+        )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());
