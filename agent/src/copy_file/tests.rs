@@ -258,3 +258,17 @@ fn directories_symlinks_modes_and_owners_as_kata() {
     e.copies.copy(&with_owner(file(&e.shared.join("top"), b"t"))).unwrap();
     assert_eq!(std::fs::metadata(&e.shared).unwrap().uid(), 0);
 }
+
+#[test]
+fn a_temporary_file_swapped_between_chunks_is_never_renamed_into_place() {
+    let e = env();
+    let target = e.shared.join("sb/secret");
+    e.copies.copy(&req(&target, libc::S_IFREG | 0o600, b"abcd", 8, 0)).unwrap();
+    let dir = e.shared.join("sb");
+    let tmp = entries(&dir).into_iter().find(|n| n.starts_with(".cvm-copy-")).expect("temporary file");
+    std::fs::remove_file(dir.join(&tmp)).unwrap();
+    symlink("/etc/shadow", dir.join(&tmp)).unwrap();
+    invalid_naming(e.copies.copy(&req(&target, libc::S_IFREG | 0o600, b"efgh", 8, 4)), "temporary file was replaced");
+    assert!(std::fs::symlink_metadata(&target).is_err(), "something was renamed into place");
+    assert_eq!(e.copies.pending_count(), 0);
+}
