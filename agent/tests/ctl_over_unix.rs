@@ -68,7 +68,7 @@ fn request_body_from_a_file_and_body_errors() {
 }
 
 /// RPCs served by the container runtime (tested in tests/runtime).
-const IMPLEMENTED: [&str; 21] = [
+const IMPLEMENTED: [&str; 25] = [
     "CreateSandbox",
     "DestroySandbox",
     "CreateContainer",
@@ -90,6 +90,10 @@ const IMPLEMENTED: [&str; 21] = [
     "GetGuestDetails",
     "GetMetrics",
     "SetPolicy",
+    "CopyFile",
+    "SetGuestDateTime",
+    "ReseedRandomDev",
+    "GetVolumeStats",
 ];
 
 #[test]
