@@ -133,6 +133,18 @@ fn new_engine() -> regorus::Engine {
     engine
 }
 
+/// Prepares `engine` in place (rule analysis, schedules, loop hoisting), which
+/// regorus otherwise redoes on the first evaluation after any change. Every
+/// check evaluates on a clone of a prepared engine, and a clone keeps the
+/// preparation: without this, each check would redo it (measured: 165 µs for a
+/// trivial rule of the confidential policy, 2 ms with kata's genpolicy rules).
+fn prepare(engine: &mut regorus::Engine) -> anyhow::Result<()> {
+    engine.set_input(regorus::Value::new_object());
+    engine.eval_query(query("AllowRequestsFailingPolicy"), false)?;
+    let _ = engine.take_prints();
+    Ok(())
+}
+
 fn query(endpoint: &str) -> String {
     format!("data.{PACKAGE}.{endpoint}")
 }
@@ -157,6 +169,7 @@ impl Loaded {
         engine
             .add_data(regorus::Value::from(serde_json::json!({ "pstate": {} })))
             .map_err(|e| load_err(format!("{e:#}")))?;
+        prepare(&mut engine).map_err(|e| load_err(format!("{e:#}")))?;
         let mut loaded = Loaded {
             engine,
             generation: 0,
@@ -164,7 +177,6 @@ impl Loaded {
             sha256: hex::encode(Sha256::digest(rego.as_bytes())),
             allow_failures: false,
         };
-        // Also prepares the engine, so every clone starts ready to evaluate.
         let probe = loaded
             .evaluate("AllowRequestsFailingPolicy", regorus::Value::new_object())
             .map_err(|e| load_err(e.to_string()))?;
@@ -218,9 +230,7 @@ impl Loaded {
         next.engine.clear_data();
         next.engine.add_data(regorus::Value::from(data)).map_err(|e| state_err(format!("{e:#}")))?;
         next.generation += 1;
-        // Prepare once here rather than in every clone that evaluates on it.
-        next.evaluate("AllowRequestsFailingPolicy", regorus::Value::new_object())
-            .map_err(|e| state_err(e.to_string()))?;
+        prepare(&mut next.engine).map_err(|e| state_err(format!("{e:#}")))?;
         Ok(next)
     }
 }
