@@ -34,11 +34,11 @@ fn check_version_and_an_unimplemented_rpc_through_the_ctl() {
     let err = stderr(&out);
     assert!(err.contains("INVALID_ARGUMENT (3)") && err.contains("Root.Path"), "{err}");
 
-    let out = ctl(&["--addr", &addr, "call", "ListRoutes", "{}"]);
+    let out = ctl(&["--addr", &addr, "call", "MemHotplugByProbe", "{}"]);
     assert_eq!(out.status.code(), Some(1), "a ttrpc status exits 1: {}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("UNIMPLEMENTED (12)"), "{err}");
-    assert!(err.contains("/grpc.AgentService/ListRoutes"), "{err}");
+    assert!(err.contains("/grpc.AgentService/MemHotplugByProbe"), "{err}");
     assert!(stdout(&out).is_empty());
 }
 
@@ -67,8 +67,9 @@ fn request_body_from_a_file_and_body_errors() {
     assert!(stderr(&out).contains("unknown method \"NoSuchMethod\""), "{}", stderr(&out));
 }
 
-/// RPCs served by the container runtime (tested in tests/runtime).
-const IMPLEMENTED: [&str; 21] = [
+/// RPCs served by the container runtime (tested in tests/runtime) and the
+/// network module (tests/network.rs).
+const IMPLEMENTED: [&str; 28] = [
     "CreateSandbox",
     "DestroySandbox",
     "CreateContainer",
@@ -90,6 +91,13 @@ const IMPLEMENTED: [&str; 21] = [
     "GetGuestDetails",
     "GetMetrics",
     "SetPolicy",
+    "UpdateInterface",
+    "UpdateRoutes",
+    "ListInterfaces",
+    "ListRoutes",
+    "AddARPNeighbors",
+    "GetIPTables",
+    "SetIPTables",
 ];
 
 #[test]
