@@ -201,7 +201,7 @@ fn sigterm_and_sigint_shut_down_cleanly_and_remove_the_socket() {
 fn json_logs_are_one_object_per_line_with_structured_fields() {
     let dir = tempfile::tempdir().unwrap();
     let mut agent = Agent::start(dir.path(), &["--log-format", "json", "--log-level", "debug"]);
-    let out = ctl(&["--addr", &agent.addr(), "call", "ListRoutes", "{}"]);
+    let out = ctl(&["--addr", &agent.addr(), "call", "MemHotplugByProbe", "{}"]);
     assert_eq!(out.status.code(), Some(1));
     agent.signal(libc::SIGTERM);
     agent.wait_exit(Duration::from_secs(15));
@@ -212,11 +212,11 @@ fn json_logs_are_one_object_per_line_with_structured_fields() {
     assert_eq!(ready["addr"], agent.addr());
     assert_eq!(ready["level"], "INFO");
     let audited =
-        lines.iter().find(|v| v["target"] == "policy_audit" && v["method"] == "ListRoutes").expect("decision");
+        lines.iter().find(|v| v["target"] == "policy_audit" && v["method"] == "MemHotplugByProbe").expect("decision");
     assert_eq!(audited["decision"], "allow");
-    assert_eq!(audited["rule"], "ListRoutesRequest");
+    assert_eq!(audited["rule"], "MemHotplugByProbeRequest");
     let rejected =
-        lines.iter().find(|v| v["method"] == "ListRoutes" && v["service"].is_string()).expect("rejection logged");
+        lines.iter().find(|v| v["method"] == "MemHotplugByProbe" && v["service"].is_string()).expect("rejection logged");
     assert_eq!(rejected["service"], "grpc.AgentService");
 }
 

@@ -293,11 +293,8 @@ async fn list_interfaces_and_permanent_arp_neighbors() {
     assert!(list.iter().any(|i| i.name == "lo"), "kata lists the loopback too: {list:?}");
     let eth0 = list.iter().find(|i| i.name == "eth0").expect("eth0 listed");
     assert_eq!((eth0.hwAddr.as_str(), eth0.mtu), (MAC, 1500));
-    let addrs: Vec<(String, String, IPFamily)> = eth0
-        .IPAddresses
-        .iter()
-        .map(|a| (a.address.clone(), a.mask.clone(), a.family.enum_value().unwrap()))
-        .collect();
+    let addrs: Vec<(String, String, IPFamily)> =
+        eth0.IPAddresses.iter().map(|a| (a.address.clone(), a.mask.clone(), a.family.enum_value().unwrap())).collect();
     assert!(addrs.contains(&("10.20.0.2".into(), "24".into(), IPFamily::v4)), "{addrs:?}");
     assert!(addrs.contains(&("fd00:20::2".into(), "64".into(), IPFamily::v6)), "{addrs:?}");
 
@@ -353,7 +350,8 @@ async fn set_and_get_ip_tables_round_trip_in_the_agent_namespace() {
 
     for (ipv6, source) in [(false, "10.66.0.0/16"), (true, "fd00:66::/64")] {
         let rule = format!("-A INPUT -s {source} -j DROP");
-        let rules = format!("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{rule}\nCOMMIT\n");
+        let rules =
+            format!("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{rule}\nCOMMIT\n");
         let set = SetIPTablesRequest { is_ipv6: ipv6, data: rules.into_bytes(), ..Default::default() };
         c.set_ip_tables(ctx(), &set).await.unwrap_or_else(|e| panic!("SetIPTables ipv6={ipv6}: {e:?}"));
         let got = c

@@ -64,8 +64,10 @@ impl IpTables {
             .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let (mut child, waiter) =
-            self.reaper.spawn(&mut cmd).map_err(|e| NetworkError::Internal(format!("spawn {}: {e}", path.display())))?;
+        let (mut child, waiter) = self
+            .reaper
+            .spawn(&mut cmd)
+            .map_err(|e| NetworkError::Internal(format!("spawn {}: {e}", path.display())))?;
         let pid = child.id() as libc::pid_t;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();

@@ -18,6 +18,7 @@ mod tests;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use protos::types::{ARPNeighbor, Interface, Route};
@@ -159,16 +160,33 @@ pub trait Netlink: Send + Sync {
     fn ipv6_enabled(&self) -> bool;
 }
 
+/// How long UpdateInterface waits for the link of a NIC that names its bus
+/// location (`devicePath`: hot-plugged, maybe not probed yet) before saying
+/// "Link not found". kata's agent waits for the PCI device likewise; without
+/// a `devicePath` the Go runtime retries by itself.
+pub const HOTPLUG_WAIT: Duration = Duration::from_secs(3);
+const HOTPLUG_POLL: Duration = Duration::from_millis(50);
+
 /// The network RPCs over a [`Netlink`] implementation. Updates are serialised
 /// (one host-driven reconfiguration at a time); listings are not.
 pub struct Network<N: Netlink = RtNetlink> {
     nl: N,
     updates: tokio::sync::Mutex<()>,
+    hotplug_wait: Duration,
 }
 
 impl<N: Netlink> Network<N> {
     pub fn new(nl: N) -> Network<N> {
-        Network { nl, updates: tokio::sync::Mutex::new(()) }
+        Network { nl, updates: tokio::sync::Mutex::new(()), hotplug_wait: HOTPLUG_WAIT }
+    }
+
+    /// Waits at most `wait` for a link with `mac` to exist (no lock held).
+    async fn wait_for_mac(&self, mac: &[u8; 6], wait: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + wait;
+        while !self.nl.links().await?.iter().any(|l| l.mac == *mac) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(HOTPLUG_POLL).await;
+        }
+        Ok(())
     }
 
     /// kata's UpdateInterface: the link with the request's `hwAddr` gets the
@@ -177,6 +195,9 @@ impl<N: Netlink> Network<N> {
     /// the request's interface, as kata does.
     pub async fn update_interface(&self, iface: &Interface) -> Result<Interface> {
         let req = request::interface(iface)?;
+        if !iface.devicePath.is_empty() {
+            self.wait_for_mac(&req.mac, self.hotplug_wait).await?;
+        }
         let _serial = self.updates.lock().await;
         let links = self.nl.links().await?;
         let link = links

@@ -191,7 +191,8 @@ fn route_message(r: &RouteEntry, for_delete: bool) -> RouteMessage {
 impl Netlink for RtNetlink {
     async fn links(&self) -> Result<Vec<Link>> {
         let h = self.handle().await?;
-        let msgs: Vec<LinkMessage> = h.link().get().execute().try_collect().await.map_err(|e| kernel("list links", e))?;
+        let msgs: Vec<LinkMessage> =
+            h.link().get().execute().try_collect().await.map_err(|e| kernel("list links", e))?;
         Ok(msgs.into_iter().map(link_from).collect())
     }
 

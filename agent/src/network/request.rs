@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use protos::types::{ARPNeighbor, IPAddress, IPFamily, Interface, Route};
 
-use super::{Family, Link, NetworkError, NeighborEntry, Result, RouteEntry, RTN_UNICAST, RTPROT_BOOT, RT_TABLE_MAIN};
+use super::{Family, Link, NeighborEntry, NetworkError, Result, RouteEntry, RTN_UNICAST, RTPROT_BOOT, RT_TABLE_MAIN};
 
 /// At most this many addresses in one UpdateInterface.
 pub const MAX_ADDRESSES: usize = 64;
@@ -133,7 +133,10 @@ fn link_name(field: &str, name: &str) -> Result<String> {
     if ok {
         Ok(name.to_owned())
     } else {
-        Err(invalid(field, format_args!("{name:?} is not a link name (1-{MAX_LINK_NAME} printable bytes, no '/' or ':')")))
+        Err(invalid(
+            field,
+            format_args!("{name:?} is not a link name (1-{MAX_LINK_NAME} printable bytes, no '/' or ':')"),
+        ))
     }
 }
 
@@ -159,7 +162,14 @@ pub(super) struct InterfaceRequest {
 
 pub(super) fn interface(iface: &Interface) -> Result<InterfaceRequest> {
     let mac = mac("interface.hwAddr", &iface.hwAddr)?;
+    // All zeros is the loopback's: never a NIC the host plugged in.
+    if mac == [0; 6] {
+        return Err(invalid("interface.hwAddr", "00:00:00:00:00:00 is not a NIC's address"));
+    }
     let name = link_name("interface.name", &iface.name)?;
+    if name == "lo" {
+        return Err(invalid("interface.name", "\"lo\" is the loopback's name"));
+    }
     let mtu = match iface.mtu {
         0 => None,
         m => Some(u32::try_from(m).map_err(|_| invalid("interface.mtu", format_args!("{m} is out of range")))?),
@@ -270,8 +280,19 @@ fn route(i: usize, r: &Route) -> Result<RouteRequest> {
             return Err(invalid(field(name), format_args!("not of the route's family ({family:?})")));
         }
     }
-    let scope = u8::try_from(r.scope).map_err(|_| invalid(field("scope"), format_args!("{} is out of range", r.scope)))?;
-    Ok(RouteRequest { device, family, dest, gateway, source, pref_src, scope, flags: r.flags & REQUEST_ROUTE_FLAGS, mtu: r.mtu })
+    let scope =
+        u8::try_from(r.scope).map_err(|_| invalid(field("scope"), format_args!("{} is out of range", r.scope)))?;
+    Ok(RouteRequest {
+        device,
+        family,
+        dest,
+        gateway,
+        source,
+        pref_src,
+        scope,
+        flags: r.flags & REQUEST_ROUTE_FLAGS,
+        mtu: r.mtu,
+    })
 }
 
 /// One AddARPNeighbors entry, checked.
@@ -309,9 +330,12 @@ fn neighbor(i: usize, n: &ARPNeighbor) -> Result<NeighborRequest> {
     };
     let state = match n.state {
         0 => NUD_PERMANENT,
-        s => u8::try_from(s).map(u16::from).map_err(|_| invalid(field("state"), format_args!("{s} is not a NUD state")))?,
+        s => u8::try_from(s)
+            .map(u16::from)
+            .map_err(|_| invalid(field("state"), format_args!("{s} is not a NUD state")))?,
     };
-    let flags = u8::try_from(n.flags).map_err(|_| invalid(field("flags"), format_args!("{} is out of range", n.flags)))?;
+    let flags =
+        u8::try_from(n.flags).map_err(|_| invalid(field("flags"), format_args!("{} is out of range", n.flags)))?;
     Ok(NeighborRequest { device, ip, lladdr, state, flags })
 }
 

@@ -125,7 +125,7 @@ fn kernel_route(dest: Option<&str>, gateway: Option<&str>, oif: u32, protocol: u
 }
 
 fn block<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(f)
 }
 
 #[test]
@@ -162,6 +162,20 @@ fn update_interface_of_an_unknown_mac_is_kata_s_link_not_found() {
     let err = block(net_.update_interface(&iface("eth0", "02:00:00:00:00:99", vec![]))).unwrap_err();
     assert_eq!(err.to_string(), "Link not found (Address: 02:00:00:00:00:99)");
     assert!(net_.nl.ops().is_empty());
+}
+
+#[test]
+fn a_nic_with_a_device_path_is_waited_for_before_link_not_found() {
+    let mut net_ = Network::new(Fake::default());
+    net_.hotplug_wait = std::time::Duration::from_millis(200);
+    let cold = iface("eth0", "02:00:00:00:00:99", vec![]);
+    let start = std::time::Instant::now();
+    assert!(matches!(block(net_.update_interface(&cold)), Err(NetworkError::LinkNotFound(_))));
+    assert!(start.elapsed() < std::time::Duration::from_millis(100), "no devicePath: the shim retries itself");
+    let hotplugged = Interface { devicePath: "0000:00:03.0".into(), ..cold };
+    let start = std::time::Instant::now();
+    assert!(matches!(block(net_.update_interface(&hotplugged)), Err(NetworkError::LinkNotFound(_))));
+    assert!(start.elapsed() >= std::time::Duration::from_millis(200), "{:?}", start.elapsed());
 }
 
 #[test]
@@ -214,7 +228,9 @@ fn hostile_interfaces_are_refused_naming_the_field() {
         (iface("eth0", "02:42:ac:11:00", vec![]), "interface.hwAddr"),
         (iface("eth0", "02:42:ac:11:00:02:03", vec![]), "interface.hwAddr"),
         (iface("eth0", "02:42:ac:11:00:zz", vec![]), "interface.hwAddr"),
+        (iface("eth0", "00:00:00:00:00:00", vec![]), "interface.hwAddr"),
         (iface("", "02:42:ac:11:00:02", vec![]), "interface.name"),
+        (iface("lo", "02:42:ac:11:00:02", vec![]), "interface.name"),
         (iface("a-name-longer-than-15", "02:42:ac:11:00:02", vec![]), "interface.name"),
         (iface("../eth0", "02:42:ac:11:00:02", vec![]), "interface.name"),
         (iface("eth0", "02:42:ac:11:00:02", vec![addr("10.0.0.300", "24")]), "IPAddresses[0].address"),
@@ -257,7 +273,11 @@ fn link_routes_are_added_before_gateway_routes_in_request_order() {
 #[test]
 fn update_routes_deletes_only_non_kernel_routes_of_the_named_devices_then_adds() {
     let fake = Fake {
-        links: vec![link(1, "lo", &[0; 6], true), link(2, "eth0", &MAC, true), link(3, "eth1", &[2, 0, 0, 0, 0, 3], true)],
+        links: vec![
+            link(1, "lo", &[0; 6], true),
+            link(2, "eth0", &MAC, true),
+            link(3, "eth1", &[2, 0, 0, 0, 0, 3], true),
+        ],
         routes: vec![
             kernel_route(Some("10.0.0.0/24"), None, 2, RTPROT_KERNEL),
             kernel_route(None, Some("10.0.0.1"), 2, RTPROT_BOOT),
@@ -296,7 +316,10 @@ fn update_routes_deletes_only_non_kernel_routes_of_the_named_devices_then_adds()
         })
         .collect();
     assert_eq!(added.len(), 2);
-    assert_eq!((added[0].dest, added[0].scope, added[0].pref_src), (Some(net("10.0.0.0/24")), 253, Some("10.0.0.2".parse().unwrap())));
+    assert_eq!(
+        (added[0].dest, added[0].scope, added[0].pref_src),
+        (Some(net("10.0.0.0/24")), 253, Some("10.0.0.2".parse().unwrap()))
+    );
     assert_eq!((added[1].dest, added[1].mtu, added[1].flags), (None, 1300, RTNH_F_ONLINK));
     assert!(added.iter().all(|r| r.oif == 2 && r.protocol == RTPROT_BOOT && r.table == RT_TABLE_MAIN));
     let last_delete = ops.iter().rposition(|o| matches!(o, Op::DelRoute(_))).unwrap();
@@ -307,7 +330,8 @@ fn update_routes_deletes_only_non_kernel_routes_of_the_named_devices_then_adds()
 #[test]
 fn a_route_on_an_unknown_device_is_link_not_found_and_changes_nothing() {
     let net_ = Network::new(Fake { links: vec![link(2, "eth0", &MAC, true)], ..Default::default() });
-    let err = block(net_.update_routes(&[route("10.0.0.0/24", "", "eth0"), route("", "10.0.0.1", "eth9")])).unwrap_err();
+    let err =
+        block(net_.update_routes(&[route("10.0.0.0/24", "", "eth0"), route("", "10.0.0.1", "eth9")])).unwrap_err();
     assert_eq!(err.to_string(), "Link not found (Name: eth9)");
     assert!(net_.nl.ops().is_empty());
 }
