@@ -96,15 +96,25 @@ impl SockAddr {
     /// A leftover socket file from a previous run is replaced only when nothing
     /// answers on it; a live listener is never stolen. A new filesystem socket
     /// is made owner-only (0600): the agent API controls the whole guest.
+    /// Every accepted connection is flow-controlled ([`crate::flow`]): a host
+    /// that does not read its replies is back-pressured, not buffered.
     pub fn listen(&self) -> io::Result<Listener> {
-        if let SockAddr::UnixPath(path) = self {
-            remove_stale_socket(path)?;
-        }
-        let listener = Listener::bind(self.to_string())?;
-        if let SockAddr::UnixPath(path) = self {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        }
-        Ok(listener)
+        Ok(match self {
+            SockAddr::UnixPath(path) => {
+                remove_stale_socket(path)?;
+                let listener = bind_unix(&std::os::unix::net::SocketAddr::from_pathname(path)?)?;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                crate::flow::bound_connections(listener)
+            }
+            SockAddr::UnixAbstract(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+                crate::flow::bound_connections(bind_unix(&addr)?)
+            }
+            SockAddr::Vsock { cid, port } => crate::flow::bound_connections(tokio_vsock::VsockListener::bind(
+                tokio_vsock::VsockAddr::new(*cid, *port),
+            )?),
+        })
     }
 
     /// Removes the socket file of a filesystem address (after shutdown).
@@ -117,6 +127,12 @@ impl SockAddr {
             }
         }
     }
+}
+
+fn bind_unix(addr: &std::os::unix::net::SocketAddr) -> io::Result<tokio::net::UnixListener> {
+    let listener = std::os::unix::net::UnixListener::bind_addr(addr)?;
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
 }
 
 fn remove_stale_socket(path: &Path) -> io::Result<()> {
@@ -304,6 +320,21 @@ mod tests {
         let _holder = std::os::unix::net::UnixListener::bind(&live).unwrap();
         let err = SockAddr::UnixPath(live).listen().err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+
+    #[tokio::test]
+    async fn accepts_on_an_abstract_socket() {
+        use futures_util::StreamExt;
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("cvm-agent-transport-test-{}", std::process::id());
+        let mut listener = SockAddr::UnixAbstract(name.clone()).listen().unwrap();
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let mut client = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
+        let mut conn = listener.next().await.unwrap().unwrap();
+        std::io::Write::write_all(&mut client, b"ping").unwrap();
+        let mut got = [0u8; 4];
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
     }
 
     #[tokio::test]

@@ -69,7 +69,7 @@ fn request_body_from_a_file_and_body_errors() {
 
 /// RPCs served by the container runtime (tested in tests/runtime) and the
 /// network module (tests/network.rs).
-const IMPLEMENTED: [&str; 28] = [
+const IMPLEMENTED: [&str; 32] = [
     "CreateSandbox",
     "DestroySandbox",
     "CreateContainer",
@@ -91,6 +91,10 @@ const IMPLEMENTED: [&str; 28] = [
     "GetGuestDetails",
     "GetMetrics",
     "SetPolicy",
+    "CopyFile",
+    "SetGuestDateTime",
+    "ReseedRandomDev",
+    "GetVolumeStats",
     "UpdateInterface",
     "UpdateRoutes",
     "ListInterfaces",

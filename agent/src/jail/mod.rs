@@ -1,5 +1,9 @@
 //! The container init: the agent binary re-executed as `cvm-container-init`
-//! (argv[0]) with a socketpair at fd 3. Being a fresh single-threaded
+//! (argv[0]) from a sealed memfd copy (`sealed_exe`, so `/proc/<pid>/exe`
+//! never leads to the agent binary on disk) with a socketpair at fd 3. It
+//! makes itself non-dumpable before anything else, so its /proc entries stay
+//! root-owned and closed to ptrace-mode access from the container until the
+//! workload's exec resets dumpability. Being a fresh single-threaded
 //! process, it may allocate, open files and log freely before it execs the
 //! workload; the multithreaded agent itself never runs code between fork and
 //! exec (its only spawn is std's `Command` with a `dup2` pre-exec).
@@ -13,6 +17,7 @@
 
 mod exec;
 pub mod protocol;
+pub mod sealed_exe;
 
 use std::fs::File;
 use std::io::{BufReader, Write};
@@ -33,6 +38,18 @@ pub fn main() -> ExitCode {
     // SAFETY: the agent placed the socketpair end at SYNC_FD; we own it now.
     let sock = unsafe { UnixStream::from_raw_fd(SYNC_FD) };
     set_cloexec(SYNC_FD);
+    // First, before any namespace is joined: a non-dumpable process's
+    // /proc/<pid>/{exe,mem,environ,fd,...} are root-owned and need
+    // CAP_SYS_PTRACE (in the agent's user namespace) to open, so a container
+    // process that sees this one in its PID namespace cannot reach it. The
+    // workload's execve makes it dumpable again by the kernel's rules; the
+    // namespace holder (Pause) never execs and stays non-dumpable.
+    // SAFETY: integer prctl.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        let mut sock = sock;
+        let _ = protocol::send(&mut sock, &Report::Error(os_err("prctl(PR_SET_DUMPABLE, 0)")));
+        return ExitCode::from(124);
+    }
     // Whatever else the agent may have leaked without O_CLOEXEC never reaches
     // the workload: mark every fd above the socket close-on-exec.
     // SAFETY: close_range with the CLOEXEC flag only changes fd flags.

@@ -1,7 +1,9 @@
-//! Starts a container init (the agent binary re-executed) and runs the agent
-//! side of its handshake (see `jail::protocol`). Blocking: call it from
-//! `spawn_blocking`. Between fork and exec the child runs only std's own
-//! spawn code plus `dup2`/`fcntl` calls, both async-signal-safe.
+//! Starts a container init (the agent binary re-executed from its sealed
+//! memfd copy, `jail::sealed_exe`) and runs the agent side of its handshake
+//! (see `jail::protocol`). Blocking: call it from `spawn_blocking`. Between
+//! fork and exec the child runs only std's own spawn code plus `dup2`
+//! calls, which are async-signal-safe. Never execs the agent binary on
+//! disk.
 
 use std::io::BufReader;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -13,6 +15,7 @@ use std::time::Duration;
 use crate::jail::protocol::{
     self, InitConfig, Report, ACK, INHERITED_FD_BASE, INIT_ARGV0, MAX_INHERITED_FDS, START, SYNC_FD,
 };
+use crate::jail::sealed_exe;
 use crate::reaper::{ExitWaiter, Reaper};
 
 use super::stdio::ChildStdio;
@@ -76,7 +79,11 @@ pub fn spawn_init_with_fds(
     let raw = theirs.as_raw_fd();
     let high: Vec<OwnedFd> = inherit.iter().map(|f| dup_high(f.as_raw_fd())).collect::<Result<_, _>>()?;
     let sources: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
-    let mut cmd = Command::new("/proc/self/exe");
+    // Made on the first spawn (a copy of the agent binary), shared after. The
+    // memfd is close-on-exec and numbered above every dup2 target below
+    // (`sealed_exe::MIN_FD`), so the kernel still finds it at exec.
+    let exe = sealed_exe::container_init_exe().map_err(|e| format!("container init executable: {e}"))?;
+    let mut cmd = Command::new(exe.exec_path());
     cmd.arg0(INIT_ARGV0)
         .env_clear()
         .stdin(Stdio::from(stdio.stdin))

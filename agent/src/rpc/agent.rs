@@ -15,6 +15,7 @@ use ttrpc::r#async::TtrpcContext;
 
 use super::unimplemented;
 use crate::container::RuntimeError;
+use crate::copy_file::CopyFiles;
 use crate::network::{IpTables, Network, NetworkError, RtNetlink};
 use crate::policy::AgentPolicy;
 use crate::process::StdStream;
@@ -24,14 +25,16 @@ use crate::sandbox::Sandbox;
 pub struct AgentRpc {
     sandbox: Arc<Sandbox>,
     policy: Arc<AgentPolicy>,
+    copies: Arc<CopyFiles>,
     network: Network,
     iptables: IpTables,
 }
 
 impl AgentRpc {
     pub fn new(sandbox: Arc<Sandbox>, policy: Arc<AgentPolicy>) -> AgentRpc {
+        let copies = Arc::new(CopyFiles::new(sandbox.storage_base()));
         let iptables = IpTables::new(sandbox.reaper().clone());
-        AgentRpc { sandbox, policy, network: Network::new(RtNetlink::new()), iptables }
+        AgentRpc { sandbox, policy, copies, network: Network::new(RtNetlink::new()), iptables }
     }
 }
 
@@ -302,9 +305,10 @@ impl AgentService for AgentRpc {
     async fn reseed_random_dev(
         &self,
         _ctx: &TtrpcContext,
-        _req: protos::agent::ReseedRandomDevRequest,
+        req: protos::agent::ReseedRandomDevRequest,
     ) -> ttrpc::Result<protos::empty::Empty> {
-        Err(unimplemented(protos::AGENT_SERVICE, "ReseedRandomDev"))
+        blocking(move || crate::reseed::reseed(std::path::Path::new(crate::reseed::URANDOM), &req.data)).await?;
+        Ok(Empty::new())
     }
     async fn mem_hotplug_by_probe(
         &self,
@@ -316,16 +320,19 @@ impl AgentService for AgentRpc {
     async fn set_guest_date_time(
         &self,
         _ctx: &TtrpcContext,
-        _req: protos::agent::SetGuestDateTimeRequest,
+        req: protos::agent::SetGuestDateTimeRequest,
     ) -> ttrpc::Result<protos::empty::Empty> {
-        Err(unimplemented(protos::AGENT_SERVICE, "SetGuestDateTime"))
+        crate::guest_clock::set(req.Sec, req.Usec).map_err(status)?;
+        Ok(Empty::new())
     }
     async fn copy_file(
         &self,
         _ctx: &TtrpcContext,
-        _req: protos::agent::CopyFileRequest,
+        req: protos::agent::CopyFileRequest,
     ) -> ttrpc::Result<protos::empty::Empty> {
-        Err(unimplemented(protos::AGENT_SERVICE, "CopyFile"))
+        let copies = self.copies.clone();
+        blocking(move || copies.copy(&req)).await?;
+        Ok(Empty::new())
     }
     async fn add_swap(
         &self,
@@ -351,9 +358,10 @@ impl AgentService for AgentRpc {
     async fn get_volume_stats(
         &self,
         _ctx: &TtrpcContext,
-        _req: protos::agent::VolumeStatsRequest,
+        req: protos::agent::VolumeStatsRequest,
     ) -> ttrpc::Result<protos::csi::VolumeStatsResponse> {
-        Err(unimplemented(protos::AGENT_SERVICE, "GetVolumeStats"))
+        let base = self.sandbox.storage_base().to_path_buf();
+        blocking(move || crate::volume_stats::stats(&base, &req.volume_guest_path)).await
     }
     async fn resize_volume(
         &self,

@@ -7,6 +7,7 @@
 //! request for one container waits on another.
 
 pub mod storage;
+mod tmpfs;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -103,6 +104,11 @@ impl Sandbox {
 
     pub fn reaper(&self) -> &Reaper {
         &self.reaper
+    }
+
+    /// Where storages, CopyFile targets and volumes must lie.
+    pub fn storage_base(&self) -> &std::path::Path {
+        &self.config.storage_base
     }
 
     fn sandbox_id(&self) -> String {

@@ -1,6 +1,9 @@
 //! Storages named in CreateSandbox/CreateContainer, per driver. Supported:
-//! `local` (an empty directory) and `bind` (a bind mount of an existing guest
-//! path). Every mount point must lie under the storage base
+//! `local` (a directory, kata's `mode=` and `fsgid=` options), `ephemeral`
+//! (a new tmpfs, e.g. the sandbox's /dev/shm, with checked mount options and
+//! `fsgid=`) and `bind` (a bind mount of an existing guest path). Every
+//! option is checked against a list; an unknown one is refused by name.
+//! Every mount point must lie under the storage base
 //! (/run/kata-containers in production); it is created and opened one
 //! component at a time from an fd of the base, never following a symlink,
 //! and a bind mount goes onto that fd, so nothing is ever mounted or created
@@ -10,8 +13,98 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::tmpfs;
 use crate::container::RuntimeError;
 use crate::mount::beneath;
+
+/// The set-gid bit kata adds to a directory given an `fsgid=`.
+const MODE_SETGID: u32 = 0o2000;
+
+/// The checked options of a `local` or `ephemeral` storage.
+#[derive(Debug, Default, PartialEq)]
+struct DirOptions {
+    /// `mode=` (octal), for `local`.
+    mode: Option<u32>,
+    /// `fsgid=`: the group of the directory (kata's fsGroup).
+    fsgid: Option<u32>,
+    /// tmpfs options (`size`, `nr_inodes`, `mode`, `uid`, `gid`), for `ephemeral`.
+    data: Vec<(String, String)>,
+    /// Per-mount attributes (nosuid, nodev, noexec, ro), for `ephemeral`.
+    attrs: u64,
+}
+
+/// A size as tmpfs takes it: digits, optionally k/m/g (either case) or %.
+fn is_size(v: &str) -> bool {
+    let digits = v.strip_suffix(['k', 'K', 'm', 'M', 'g', 'G', '%']).unwrap_or(v);
+    !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn parse_octal_mode(v: &str) -> Option<u32> {
+    u32::from_str_radix(v, 8).ok().filter(|m| *m <= 0o7777 && !v.is_empty() && v.len() <= 6)
+}
+
+impl DirOptions {
+    /// Options may come one per string or comma-separated (as kata's
+    /// hugetlbfs storage sends them).
+    fn parse(s: &protos::agent::Storage, tmpfs: bool) -> Result<DirOptions, RuntimeError> {
+        let mp = &s.mount_point;
+        let mut o = DirOptions::default();
+        for opt in s.options.iter().flat_map(|o| o.split(',')) {
+            let bad = || {
+                RuntimeError::InvalidArgument(format!("{} storage {mp:?}: option {opt:?} is not supported", s.driver))
+            };
+            let (key, value) = opt.split_once('=').map_or((opt, None), |(k, v)| (k, Some(v)));
+            match (key, value, tmpfs) {
+                ("fsgid", Some(v), _) => o.fsgid = Some(v.parse().map_err(|_| bad())?),
+                ("mode", Some(v), false) => o.mode = Some(parse_octal_mode(v).ok_or_else(bad)?),
+                ("mode", Some(v), true) if parse_octal_mode(v).is_some() => o.data.push((key.into(), v.into())),
+                ("size" | "nr_inodes", Some(v), true) if is_size(v) => o.data.push((key.into(), v.into())),
+                ("uid" | "gid", Some(v), true) if v.parse::<u32>().is_ok() => o.data.push((key.into(), v.into())),
+                ("nosuid", None, true) => o.attrs |= tmpfs::ATTR_NOSUID,
+                ("nodev", None, true) => o.attrs |= tmpfs::ATTR_NODEV,
+                ("noexec", None, true) => o.attrs |= tmpfs::ATTR_NOEXEC,
+                ("ro", None, true) => o.attrs |= tmpfs::ATTR_RDONLY,
+                ("rw" | "suid" | "dev" | "exec", None, true) | ("", None, _) => {}
+                _ => return Err(bad()),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Gives the directory `dir` refers to the group `gid` and the mode `mode`
+/// (each only if given), through an fd opened beneath it.
+fn set_group_and_mode(dir: &OwnedFd, gid: Option<u32>, mode: Option<u32>) -> std::io::Result<()> {
+    if gid.is_none() && mode.is_none() {
+        return Ok(());
+    }
+    let d = beneath::open_beneath(dir, Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY)?;
+    // SAFETY: fchown/fchmod on our fd; uid -1 leaves the owner.
+    if let Some(gid) = gid {
+        if unsafe { libc::fchown(d.as_raw_fd(), u32::MAX, gid) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    if let Some(mode) = mode {
+        if unsafe { libc::fchmod(d.as_raw_fd(), mode) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Adds `bits` to the mode of the directory `dir` refers to.
+fn add_mode(dir: &OwnedFd, bits: u32) -> std::io::Result<()> {
+    let d = beneath::open_beneath(dir, Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY)?;
+    // SAFETY: fstat/fchmod on our fd.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(d.as_raw_fd(), &mut st) } != 0
+        || unsafe { libc::fchmod(d.as_raw_fd(), (st.st_mode & 0o7777) | bits) } != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// Checks a host-supplied mount point and returns it relative to `base`:
 /// absolute, under `base`, plain names only (no '.', '..' or empty segment).
@@ -86,8 +179,41 @@ pub fn prepare(base: &Path, s: &protos::agent::Storage) -> Result<Prepared, Runt
     let target = base.join(&rel);
     match s.driver.as_str() {
         "local" => {
-            beneath::mkdir_all_beneath(&base_fd, &rel).map_err(io_err("local storage", mp))?;
+            let opts = DirOptions::parse(s, false)?;
+            let dir = beneath::mkdir_all_beneath(&base_fd, &rel).map_err(io_err("local storage", mp))?;
+            // Kata: the group first, then the mode (with set-gid if a group was given).
+            let mode = opts.mode.map(|m| if opts.fsgid.is_some() { m | MODE_SETGID } else { m });
+            set_group_and_mode(&dir, opts.fsgid, mode).map_err(io_err("local storage", mp))?;
+            tracing::debug!(mount_point = mp, fsgid = ?opts.fsgid, mode = ?mode, "local storage ready");
             Ok(Prepared::Dir(target))
+        }
+        "ephemeral" => {
+            if s.fstype != "tmpfs" {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "ephemeral storage {mp:?}: fstype {:?} is not supported (supported: tmpfs)",
+                    s.fstype
+                )));
+            }
+            if s.source.len() > 255 || s.source.contains(['\0', ',']) {
+                return Err(RuntimeError::InvalidArgument(format!(
+                    "ephemeral storage {mp:?}: bad source {:?}",
+                    s.source
+                )));
+            }
+            let opts = DirOptions::parse(s, true)?;
+            let dst = beneath::mkdir_all_beneath(&base_fd, &rel).map_err(io_err("ephemeral storage", mp))?;
+            let source = if s.source.is_empty() { "tmpfs" } else { s.source.as_str() };
+            let root = tmpfs::mount_onto(&dst, source, &opts.data, opts.attrs)
+                .map_err(|e| RuntimeError::InvalidArgument(format!("ephemeral storage {mp:?}: {e}")))?;
+            // Kata: with fsgid, the tmpfs root gets that group and set-gid.
+            if let Some(gid) = opts.fsgid {
+                if let Err(e) = set_group_and_mode(&root, Some(gid), None).and_then(|()| add_mode(&root, MODE_SETGID)) {
+                    let _ = beneath::unmount(&root);
+                    return Err(RuntimeError::Internal(format!("ephemeral storage {mp:?}: fsgid {gid}: {e}")));
+                }
+            }
+            tracing::debug!(mount_point = mp, source, options = ?s.options, "ephemeral storage mounted");
+            Ok(Prepared::Mount { target, root })
         }
         "bind" => {
             let (src, is_dir) = open_source(&s.source)?;
@@ -106,7 +232,7 @@ pub fn prepare(base: &Path, s: &protos::agent::Storage) -> Result<Prepared, Runt
             Ok(Prepared::Mount { target, root })
         }
         other => Err(RuntimeError::InvalidArgument(format!(
-            "storage driver {other:?} is not supported by this agent (supported: local, bind)"
+            "storage driver {other:?} is not supported by this agent (supported: local, ephemeral, bind)"
         ))),
     }
 }
@@ -174,6 +300,63 @@ mod tests {
         let mp = dir.path().join("x").display().to_string();
         let s = protos::agent::Storage { driver: "9p".into(), mount_point: mp, ..Default::default() };
         assert!(prepare(dir.path(), &s).unwrap_err().to_string().contains("\"9p\""));
+    }
+
+    fn storage(driver: &str, opts: &[&str]) -> protos::agent::Storage {
+        protos::agent::Storage {
+            driver: driver.into(),
+            mount_point: "/run/kata-containers/x".into(),
+            options: opts.iter().map(|o| o.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn kata_shm_and_local_options_are_understood() {
+        let shm = storage("ephemeral", &["noexec", "nosuid", "nodev", "mode=1777", "size=67108864"]);
+        let o = DirOptions::parse(&shm, true).unwrap();
+        assert_eq!(o.attrs, tmpfs::ATTR_NOEXEC | tmpfs::ATTR_NOSUID | tmpfs::ATTR_NODEV);
+        assert_eq!(o.data, [("mode".to_string(), "1777".to_string()), ("size".into(), "67108864".into())]);
+        let hugetlb_style = storage("ephemeral", &["size=64m,nr_inodes=10k", "fsgid=2000"]);
+        let o = DirOptions::parse(&hugetlb_style, true).unwrap();
+        assert_eq!((o.data.len(), o.fsgid), (2, Some(2000)));
+        let local = DirOptions::parse(&storage("local", &["mode=0777", "fsgid=2000"]), false).unwrap();
+        assert_eq!((local.mode, local.fsgid), (Some(0o777), Some(2000)));
+    }
+
+    #[test]
+    fn unknown_or_malformed_options_are_refused_by_name() {
+        for (driver, opt) in [
+            ("ephemeral", "size=1g;rm"),
+            ("ephemeral", "huge=always"),
+            ("ephemeral", "mode=99"),
+            ("ephemeral", "uid=-1"),
+            ("ephemeral", "size="),
+            ("ephemeral", "mode=0777,exec=1"),
+            ("local", "mode=17777"),
+            ("local", "mode=rwx"),
+            ("local", "fsgid=x"),
+            ("local", "noexec"),
+            ("local", "size=1m"),
+        ] {
+            let e = DirOptions::parse(&storage(driver, &[opt]), driver == "ephemeral").unwrap_err();
+            assert!(
+                matches!(e, RuntimeError::InvalidArgument(_)) && e.to_string().contains("is not supported"),
+                "{opt}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn ephemeral_storages_must_be_tmpfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = protos::agent::Storage {
+            driver: "ephemeral".into(),
+            fstype: "hugetlbfs".into(),
+            mount_point: dir.path().join("hp").display().to_string(),
+            ..Default::default()
+        };
+        assert!(prepare(dir.path(), &s).unwrap_err().to_string().contains("\"hugetlbfs\" is not supported"));
     }
 
     #[test]

@@ -81,9 +81,11 @@ async fn destroy_sandbox_removes_everything_and_stops_the_agent() {
 
 mod cgroups;
 mod confinement;
+mod exe_hijack;
 mod hostile_requests;
 mod load;
 mod stdio;
+mod storage_drivers;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sandbox_dns_storages_and_hostile_storage_paths() {
