@@ -219,8 +219,10 @@ fn json_logs_are_one_object_per_line_with_structured_fields() {
         lines.iter().find(|v| v["target"] == "policy_audit" && v["method"] == "MemHotplugByProbe").expect("decision");
     assert_eq!(audited["decision"], "allow");
     assert_eq!(audited["rule"], "MemHotplugByProbeRequest");
-    let rejected =
-        lines.iter().find(|v| v["method"] == "MemHotplugByProbe" && v["service"].is_string()).expect("rejection logged");
+    let rejected = lines
+        .iter()
+        .find(|v| v["method"] == "MemHotplugByProbe" && v["service"].is_string())
+        .expect("rejection logged");
     assert_eq!(rejected["service"], "grpc.AgentService");
 }
 
