@@ -394,3 +394,44 @@ async fn ip_tables_without_the_binaries_is_a_failed_precondition_naming_them() {
     assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{msg}");
     assert!(msg.contains("ip6tables-restore not found"), "{msg}");
 }
+
+/// Fake iptables tools (shell scripts) in a directory used as the agent's PATH.
+fn fake_tools(dir: &Path, script: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    for tool in ["iptables-save", "iptables-restore"] {
+        let path = dir.join(tool);
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_tables_output_is_bounded_and_a_hung_tool_is_killed_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let tools = tempfile::tempdir().unwrap();
+    let sock = format!("unix://{}", dir.path().join("agent.sock").display());
+    let agent = Agent::start_with(dir.path(), |cmd| {
+        cmd.arg("--server-addr").arg(sock).env("PATH", tools.path());
+    });
+    let c = client(&agent).await;
+
+    // 3 MiB of rules: more than a response may carry.
+    fake_tools(tools.path(), "head -c 3145728 /dev/zero");
+    let (code, msg) = status(c.get_ip_tables(ctx(), &GetIPTablesRequest::new()).await);
+    assert_eq!(code, ttrpc::Code::INTERNAL, "{msg}");
+    assert!(msg.contains("wrote more than 2097152 bytes"), "{msg}");
+
+    // A tool that never finishes (and never reads its stdin) is killed.
+    fake_tools(tools.path(), "exec sleep 600");
+    let started = std::time::Instant::now();
+    let set = SetIPTablesRequest { data: vec![b'#'; 1 << 20], ..Default::default() };
+    let (code, msg) = status(c.set_ip_tables(ctx(), &set).await);
+    assert_eq!(code, ttrpc::Code::DEADLINE_EXCEEDED, "{msg}");
+    assert!(msg.contains("iptables-restore did not finish"), "{msg}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(10) && took < Duration::from_secs(20), "{took:?}");
+    // The agent still answers.
+    fake_tools(tools.path(), "echo '# rules'");
+    let got = c.get_ip_tables(ctx(), &GetIPTablesRequest::new()).await.expect("GetIPTables after a kill").data;
+    assert_eq!(got, b"# rules\n");
+}

@@ -82,7 +82,8 @@ impl IpTables {
         let status = match tokio::time::timeout(DEADLINE, waiter.wait()).await {
             Ok(status) => status,
             Err(_) => {
-                // Not reaped yet (the waiter has not fired): the pid is ours.
+                // The waiter has not fired, so the pid was not reaped (barring
+                // an exit in the last instant): it is still our child's.
                 // SAFETY: kill(2) with integer arguments only.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 return Err(NetworkError::DeadlineExceeded(format!("{tool} did not finish within {DEADLINE:?}")));
