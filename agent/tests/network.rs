@@ -214,6 +214,31 @@ async fn update_interface_by_mac_renames_sets_mtu_arp_and_exactly_the_requested_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nic_with_a_device_path_that_appears_late_is_waited_for() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = Netns::new("hp");
+    let dir = tempfile::tempdir().unwrap();
+    let agent = ns.agent(dir.path());
+    let c = client(&agent).await;
+    let iface = Interface {
+        name: "eth0".into(),
+        hwAddr: MAC.into(),
+        devicePath: "02/01".into(),
+        IPAddresses: vec![ip_address("10.20.0.2", "24")],
+        ..Default::default()
+    };
+    let req = UpdateInterfaceRequest { interface: Some(iface).into(), ..Default::default() };
+    let call = tokio::spawn(async move { c.update_interface(ctx(), &req).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!call.is_finished(), "answered before the NIC existed");
+    ns.veth("ens5");
+    call.await.unwrap().expect("UpdateInterface once the NIC is there");
+    assert_eq!(global_addresses(&ns, "eth0"), BTreeSet::from(["10.20.0.2/24".to_owned()]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn update_routes_replaces_the_device_routes_link_routes_first_with_mtu_and_ipv6() {
     if !prerequisites() {
         return;

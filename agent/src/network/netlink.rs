@@ -18,11 +18,16 @@ use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
 use super::{Family, IpNet, Link, LinkChange, NeighborEntry, Netlink, NetworkError, Result, RouteEntry};
 
-/// rtnetlink over a lazily opened socket (the connection task runs on the
-/// agent's tokio runtime).
+/// rtnetlink over a socket opened on first use, and opened again if its
+/// connection task ever ends (the task runs on the agent's tokio runtime).
 #[derive(Default)]
 pub struct RtNetlink {
-    handle: tokio::sync::OnceCell<rtnetlink::Handle>,
+    conn: std::sync::Mutex<Option<Connection>>,
+}
+
+struct Connection {
+    handle: rtnetlink::Handle,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl RtNetlink {
@@ -30,16 +35,15 @@ impl RtNetlink {
         RtNetlink::default()
     }
 
-    async fn handle(&self) -> Result<rtnetlink::Handle> {
-        self.handle
-            .get_or_try_init(|| async {
-                let (conn, handle, _) = rtnetlink::new_connection()
-                    .map_err(|e| NetworkError::Internal(format!("open netlink socket: {e}")))?;
-                tokio::spawn(conn);
-                Ok(handle)
-            })
-            .await
-            .cloned()
+    fn handle(&self) -> Result<rtnetlink::Handle> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = conn.as_ref().filter(|c| !c.task.is_finished()) {
+            return Ok(c.handle.clone());
+        }
+        let (task, handle, _) =
+            rtnetlink::new_connection().map_err(|e| NetworkError::Internal(format!("open netlink socket: {e}")))?;
+        *conn = Some(Connection { handle: handle.clone(), task: tokio::spawn(task) });
+        Ok(handle)
     }
 }
 
@@ -190,14 +194,14 @@ fn route_message(r: &RouteEntry, for_delete: bool) -> RouteMessage {
 #[async_trait]
 impl Netlink for RtNetlink {
     async fn links(&self) -> Result<Vec<Link>> {
-        let h = self.handle().await?;
+        let h = self.handle()?;
         let msgs: Vec<LinkMessage> =
             h.link().get().execute().try_collect().await.map_err(|e| kernel("list links", e))?;
         Ok(msgs.into_iter().map(link_from).collect())
     }
 
     async fn addresses(&self, index: Option<u32>) -> Result<Vec<(u32, IpNet)>> {
-        let h = self.handle().await?;
+        let h = self.handle()?;
         let mut req = h.address().get();
         if let Some(i) = index {
             req = req.set_link_index_filter(i);
@@ -207,7 +211,7 @@ impl Netlink for RtNetlink {
     }
 
     async fn set_link(&self, index: u32, change: &LinkChange) -> Result<()> {
-        let h = self.handle().await?;
+        let h = self.handle()?;
         let mut b = LinkUnspec::new_with_index(index);
         if let Some(name) = &change.name {
             b = b.name(name.clone());
@@ -227,13 +231,13 @@ impl Netlink for RtNetlink {
     }
 
     async fn add_address(&self, index: u32, net: IpNet) -> Result<()> {
-        let h = self.handle().await?;
+        let h = self.handle()?;
         let req = h.address().add(index, net.addr(), net.prefix()).replace();
         req.execute().await.map_err(|e| kernel(format!("add address {net} to link {index}"), e))
     }
 
     async fn del_address(&self, index: u32, net: IpNet) -> Result<()> {
-        let h = self.handle().await?;
+        let h = self.handle()?;
         let mut m = AddressMessage::default();
         m.header.family = match net.family() {
             Family::V4 => AddressFamily::Inet,
@@ -249,7 +253,7 @@ impl Netlink for RtNetlink {
     }
 
     async fn routes(&self) -> Result<Vec<RouteEntry>> {
-        let h = self.handle().await?;
+        let h = self.handle()?;
         let mut out = Vec::new();
         // One dump at a time: a second dump on the socket while one runs
         // fails with EBUSY.
@@ -262,13 +266,13 @@ impl Netlink for RtNetlink {
     }
 
     async fn add_route(&self, route: &RouteEntry) -> Result<()> {
-        let h = self.handle().await?;
+        let h = self.handle()?;
         let m = route_message(route, false);
         h.route().add(m).replace().execute().await.map_err(|e| kernel(format!("add route {}", describe(route)), e))
     }
 
     async fn del_route(&self, route: &RouteEntry) -> Result<()> {
-        let h = self.handle().await?;
+        let h = self.handle()?;
         let m = route_message(route, true);
         match h.route().del(m).execute().await {
             // Gone already (e.g. with an address deleted just before).
@@ -278,7 +282,7 @@ impl Netlink for RtNetlink {
     }
 
     async fn add_neighbor(&self, n: &NeighborEntry) -> Result<()> {
-        let h = self.handle().await?;
+        let h = self.handle()?;
         let mut req = h
             .neighbours()
             .add(n.index, n.ip)
