@@ -191,7 +191,7 @@ impl<N: Netlink> Network<N> {
 
     /// kata's UpdateInterface: the link with the request's `hwAddr` gets the
     /// request's name, MTU, NOARP flag and exactly the request's addresses
-    /// (IPv6 link-local ones the kernel made are kept), and ends up. Answers
+    /// (IPv6 link-local ones the kernel made are kept), and is left up. Answers
     /// the request's interface, as kata does.
     pub async fn update_interface(&self, iface: &Interface) -> Result<Interface> {
         let req = request::interface(iface)?;
