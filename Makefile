@@ -12,7 +12,7 @@ export GUEST_RUSTFLAGS
 RELEASE_DIR  := target/$(TARGET)/release
 
 # Real peers the integration tests drive (Debian packages).
-TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates runc crun gnupg
+TEST_PKGS    := docker-registry skopeo umoci apache2-utils openssl busybox-static ca-certificates runc crun gnupg iptables
 # The guest image and the QEMU harness (rootfs/, tests/vm).
 TEST_PKGS    += qemu-system-x86 linux-image-amd64 cpio kmod xz-utils file
 ROOTFS_DIR   := target/rootfs

@@ -23,6 +23,7 @@ pub mod memory;
 pub mod metrics;
 pub mod mount;
 pub mod namespaces;
+pub mod network;
 pub mod policy;
 pub mod process;
 pub mod reaper;

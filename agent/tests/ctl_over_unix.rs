@@ -34,11 +34,11 @@ fn check_version_and_an_unimplemented_rpc_through_the_ctl() {
     let err = stderr(&out);
     assert!(err.contains("INVALID_ARGUMENT (3)") && err.contains("Root.Path"), "{err}");
 
-    let out = ctl(&["--addr", &addr, "call", "ListRoutes", "{}"]);
+    let out = ctl(&["--addr", &addr, "call", "MemHotplugByProbe", "{}"]);
     assert_eq!(out.status.code(), Some(1), "a ttrpc status exits 1: {}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("UNIMPLEMENTED (12)"), "{err}");
-    assert!(err.contains("/grpc.AgentService/ListRoutes"), "{err}");
+    assert!(err.contains("/grpc.AgentService/MemHotplugByProbe"), "{err}");
     assert!(stdout(&out).is_empty());
 }
 
@@ -67,8 +67,9 @@ fn request_body_from_a_file_and_body_errors() {
     assert!(stderr(&out).contains("unknown method \"NoSuchMethod\""), "{}", stderr(&out));
 }
 
-/// RPCs served by the container runtime (tested in tests/runtime).
-const IMPLEMENTED: [&str; 25] = [
+/// RPCs served by the container runtime (tested in tests/runtime) and the
+/// network module (tests/network.rs).
+const IMPLEMENTED: [&str; 32] = [
     "CreateSandbox",
     "DestroySandbox",
     "CreateContainer",
@@ -94,6 +95,13 @@ const IMPLEMENTED: [&str; 25] = [
     "SetGuestDateTime",
     "ReseedRandomDev",
     "GetVolumeStats",
+    "UpdateInterface",
+    "UpdateRoutes",
+    "ListInterfaces",
+    "ListRoutes",
+    "AddARPNeighbors",
+    "GetIPTables",
+    "SetIPTables",
 ];
 
 #[test]
@@ -197,7 +205,7 @@ fn sigterm_and_sigint_shut_down_cleanly_and_remove_the_socket() {
 fn json_logs_are_one_object_per_line_with_structured_fields() {
     let dir = tempfile::tempdir().unwrap();
     let mut agent = Agent::start(dir.path(), &["--log-format", "json", "--log-level", "debug"]);
-    let out = ctl(&["--addr", &agent.addr(), "call", "ListRoutes", "{}"]);
+    let out = ctl(&["--addr", &agent.addr(), "call", "MemHotplugByProbe", "{}"]);
     assert_eq!(out.status.code(), Some(1));
     agent.signal(libc::SIGTERM);
     agent.wait_exit(Duration::from_secs(15));
@@ -208,11 +216,13 @@ fn json_logs_are_one_object_per_line_with_structured_fields() {
     assert_eq!(ready["addr"], agent.addr());
     assert_eq!(ready["level"], "INFO");
     let audited =
-        lines.iter().find(|v| v["target"] == "policy_audit" && v["method"] == "ListRoutes").expect("decision");
+        lines.iter().find(|v| v["target"] == "policy_audit" && v["method"] == "MemHotplugByProbe").expect("decision");
     assert_eq!(audited["decision"], "allow");
-    assert_eq!(audited["rule"], "ListRoutesRequest");
-    let rejected =
-        lines.iter().find(|v| v["method"] == "ListRoutes" && v["service"].is_string()).expect("rejection logged");
+    assert_eq!(audited["rule"], "MemHotplugByProbeRequest");
+    let rejected = lines
+        .iter()
+        .find(|v| v["method"] == "MemHotplugByProbe" && v["service"].is_string())
+        .expect("rejection logged");
     assert_eq!(rejected["service"], "grpc.AgentService");
 }
 

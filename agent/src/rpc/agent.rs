@@ -16,6 +16,7 @@ use ttrpc::r#async::TtrpcContext;
 use super::unimplemented;
 use crate::container::RuntimeError;
 use crate::copy_file::CopyFiles;
+use crate::network::{IpTables, Network, NetworkError, RtNetlink};
 use crate::policy::AgentPolicy;
 use crate::process::StdStream;
 use crate::sandbox::Sandbox;
@@ -25,12 +26,15 @@ pub struct AgentRpc {
     sandbox: Arc<Sandbox>,
     policy: Arc<AgentPolicy>,
     copies: Arc<CopyFiles>,
+    network: Network,
+    iptables: IpTables,
 }
 
 impl AgentRpc {
     pub fn new(sandbox: Arc<Sandbox>, policy: Arc<AgentPolicy>) -> AgentRpc {
         let copies = Arc::new(CopyFiles::new(sandbox.storage_base()));
-        AgentRpc { sandbox, policy, copies }
+        let iptables = IpTables::new(sandbox.reaper().clone());
+        AgentRpc { sandbox, policy, copies, network: Network::new(RtNetlink::new()), iptables }
     }
 }
 
@@ -45,6 +49,25 @@ fn status(err: RuntimeError) -> ttrpc::Error {
     };
     tracing::warn!(error = %err, ?code, "request failed");
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, err.to_string()))
+}
+
+/// Network errors as runtime errors: a kernel EINVAL/ERANGE is the request's
+/// fault, "Link not found" keeps kata's text (the Go runtime matches on it).
+fn net_status(err: NetworkError) -> ttrpc::Error {
+    let text = err.to_string();
+    status(match err {
+        NetworkError::InvalidArgument(_) => RuntimeError::InvalidArgument(text),
+        NetworkError::LinkNotFound(_) => RuntimeError::NotFound(text),
+        NetworkError::FailedPrecondition(_) => RuntimeError::FailedPrecondition(text),
+        NetworkError::DeadlineExceeded(_) => RuntimeError::DeadlineExceeded(text),
+        NetworkError::Kernel { errno: Some(libc::EINVAL | libc::ERANGE), .. } => RuntimeError::InvalidArgument(text),
+        NetworkError::Kernel { errno: Some(libc::EEXIST), .. } => RuntimeError::AlreadyExists(text),
+        NetworkError::Kernel { .. } | NetworkError::Internal(_) => RuntimeError::Internal(text),
+    })
+}
+
+fn missing(what: &str) -> ttrpc::Error {
+    status(RuntimeError::InvalidArgument(format!("{what} is missing")))
 }
 
 fn io_status(what: &str, err: std::io::Error) -> ttrpc::Error {
@@ -212,52 +235,44 @@ impl AgentService for AgentRpc {
     async fn update_interface(
         &self,
         _ctx: &TtrpcContext,
-        _req: protos::agent::UpdateInterfaceRequest,
+        req: UpdateInterfaceRequest,
     ) -> ttrpc::Result<protos::types::Interface> {
-        Err(unimplemented(protos::AGENT_SERVICE, "UpdateInterface"))
+        let iface = req.interface.into_option().ok_or_else(|| missing("UpdateInterface's interface"))?;
+        self.network.update_interface(&iface).await.map_err(net_status)
     }
-    async fn update_routes(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: protos::agent::UpdateRoutesRequest,
-    ) -> ttrpc::Result<protos::agent::Routes> {
-        Err(unimplemented(protos::AGENT_SERVICE, "UpdateRoutes"))
+
+    async fn update_routes(&self, _ctx: &TtrpcContext, req: UpdateRoutesRequest) -> ttrpc::Result<Routes> {
+        let routes = req.routes.into_option().ok_or_else(|| missing("UpdateRoutes' routes"))?;
+        let list = self.network.update_routes(&routes.Routes).await.map_err(net_status)?;
+        Ok(Routes { Routes: list, ..Default::default() })
     }
-    async fn list_interfaces(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: protos::agent::ListInterfacesRequest,
-    ) -> ttrpc::Result<protos::agent::Interfaces> {
-        Err(unimplemented(protos::AGENT_SERVICE, "ListInterfaces"))
+
+    async fn list_interfaces(&self, _ctx: &TtrpcContext, _req: ListInterfacesRequest) -> ttrpc::Result<Interfaces> {
+        let list = self.network.list_interfaces().await.map_err(net_status)?;
+        Ok(Interfaces { Interfaces: list, ..Default::default() })
     }
-    async fn list_routes(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: protos::agent::ListRoutesRequest,
-    ) -> ttrpc::Result<protos::agent::Routes> {
-        Err(unimplemented(protos::AGENT_SERVICE, "ListRoutes"))
+
+    async fn list_routes(&self, _ctx: &TtrpcContext, _req: ListRoutesRequest) -> ttrpc::Result<Routes> {
+        let list = self.network.list_routes().await.map_err(net_status)?;
+        Ok(Routes { Routes: list, ..Default::default() })
     }
-    async fn add_arp_neighbors(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: protos::agent::AddARPNeighborsRequest,
-    ) -> ttrpc::Result<protos::empty::Empty> {
-        Err(unimplemented(protos::AGENT_SERVICE, "AddARPNeighbors"))
+
+    async fn add_arp_neighbors(&self, _ctx: &TtrpcContext, req: AddARPNeighborsRequest) -> ttrpc::Result<Empty> {
+        let neighbors = req.neighbors.into_option().ok_or_else(|| missing("AddARPNeighbors' neighbors"))?;
+        self.network.add_arp_neighbors(&neighbors.ARPNeighbors).await.map_err(net_status)?;
+        Ok(Empty::new())
     }
-    async fn get_ip_tables(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: protos::agent::GetIPTablesRequest,
-    ) -> ttrpc::Result<protos::agent::GetIPTablesResponse> {
-        Err(unimplemented(protos::AGENT_SERVICE, "GetIPTables"))
+
+    async fn get_ip_tables(&self, _ctx: &TtrpcContext, req: GetIPTablesRequest) -> ttrpc::Result<GetIPTablesResponse> {
+        let data = self.iptables.save(req.is_ipv6).await.map_err(net_status)?;
+        Ok(GetIPTablesResponse { data, ..Default::default() })
     }
-    async fn set_ip_tables(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: protos::agent::SetIPTablesRequest,
-    ) -> ttrpc::Result<protos::agent::SetIPTablesResponse> {
-        Err(unimplemented(protos::AGENT_SERVICE, "SetIPTables"))
+
+    async fn set_ip_tables(&self, _ctx: &TtrpcContext, req: SetIPTablesRequest) -> ttrpc::Result<SetIPTablesResponse> {
+        let data = self.iptables.restore(req.is_ipv6, req.data).await.map_err(net_status)?;
+        Ok(SetIPTablesResponse { data, ..Default::default() })
     }
+
     async fn get_metrics(
         &self,
         _ctx: &TtrpcContext,
