@@ -140,14 +140,14 @@ impl ServerCertVerifier for PinnedCertVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         if !self.is_pinned(end_entity) {
-            return self.fallback.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now).map_err(
-                |reason| {
-                    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(NotPinned {
-                        sha256: hex(&Sha256::digest(end_entity.as_ref())),
-                        reason,
-                    }))))
-                },
-            );
+            return self
+                .fallback
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                .map_err(|reason| {
+                    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+                        NotPinned { sha256: hex(&Sha256::digest(end_entity.as_ref())), reason },
+                    ))))
+                });
         }
         let parsed = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_name(&parsed, server_name)?;
@@ -220,10 +220,7 @@ fn check_validity(cert: &[u8], now: UnixTime) -> Result<(), rustls::Error> {
     let (not_before, not_after) =
         validity(cert).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
     if now.as_secs() < not_before.as_secs() {
-        return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext {
-            time: now,
-            not_before,
-        }));
+        return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext { time: now, not_before }));
     }
     if now.as_secs() > not_after.as_secs() {
         return Err(rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { time: now, not_after }));

@@ -94,7 +94,8 @@ fn pinned_client(cert_pem: &str) -> rustls::ClientConfig {
 fn accepts_the_pinned_self_signed_ca_certificate_that_webpki_refuses() {
     let dir = tempfile::tempdir().unwrap();
     let Some((cert, key)) = openssl_self_signed(dir.path(), "srv", "127.0.0.1", "IP:127.0.0.1") else { return };
-    let text = Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(dir.path().join("srv.crt")).output();
+    let text =
+        Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(dir.path().join("srv.crt")).output();
     assert!(String::from_utf8_lossy(&text.unwrap().stdout).contains("CA:TRUE"), "the case under test is CA:TRUE");
 
     // Plain webpki with that certificate as the only root: CaUsedAsEndEntity.
@@ -180,10 +181,7 @@ fn pinned_certificate_outside_its_validity_is_refused() {
     let late = verifier.verify_server_cert(&der, &[], &name, &[], at(not_after.as_secs() + 1)).unwrap_err();
     assert!(matches!(late, rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. })), "{late}");
     let early = verifier.verify_server_cert(&der, &[], &name, &[], at(not_before.as_secs() - 1)).unwrap_err();
-    assert!(
-        matches!(early, rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext { .. })),
-        "{early}"
-    );
+    assert!(matches!(early, rustls::Error::InvalidCertificate(CertificateError::NotValidYetContext { .. })), "{early}");
 }
 
 #[test]
