@@ -36,6 +36,10 @@ struct Cli {
     /// to start (overrides `initdata` of aa.toml).
     #[arg(long = "initdata-toml", short = 't', global = true, visible_alias = "initdata_toml", value_name = "FILE")]
     initdata_toml: Option<PathBuf>,
+    /// Initdata digest (standard base64) to bind at start instead of a TOML
+    /// document (guest-components' alternative; --initdata-toml wins).
+    #[arg(long = "initdata-digest", short = 'i', global = true, visible_alias = "initdata_digest", value_name = "B64")]
+    initdata_digest: Option<String>,
     /// Default: serve.
     #[command(subcommand)]
     command: Option<Command>,
@@ -87,6 +91,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let serving = matches!(command, Command::Serve);
     let agent = Agent::start(&config, StartOptions { kernel: Arc::new(LinuxKernel), eventlog: serving })
         .context("attestation-agent cannot start")?;
+    if let (Some(b64), None) = (&cli.initdata_digest, &config.initdata) {
+        let digest = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .context("--initdata-digest is not standard base64")?;
+        agent.bind_init_data(&digest).await.context("attestation-agent cannot start: --initdata-digest")?;
+    }
     match command {
         Command::Serve => {
             let mut term = signal(SignalKind::terminate())?;

@@ -197,3 +197,24 @@ async fn https_kbs_with_a_pinned_openssl_ca_true_certificate() {
     assert_eq!(aa.get_resource(ctx(), &req).await.unwrap().Resource, b"secret-0");
     assert!(!daemon.log().contains("insecure_http"), "no warning for https");
 }
+
+#[tokio::test]
+async fn initdata_digest_argument_is_bound_at_start() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let aa_toml = write_aa_toml(dir.path(), "");
+    let digest = sha2::Sha256::digest(b"initdata").to_vec();
+    let (mut cmd, socket, log) = kata_command(dir.path(), &aa_toml, None);
+    cmd.arg("--initdata-digest").arg(base64::engine::general_purpose::STANDARD.encode(&digest));
+    let child = cmd.spawn().unwrap();
+    let daemon = Daemon { child, socket, log };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemon.socket.exists() {
+        assert!(Instant::now() < deadline, "no socket: {}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let aa = client(&daemon).await;
+    aa.bind_init_data(ctx(), &BindInitDataRequest { Digest: digest, ..Default::default() }).await.unwrap();
+    let other = BindInitDataRequest { Digest: vec![1; 32], ..Default::default() };
+    assert_eq!(code(aa.bind_init_data(ctx(), &other).await.unwrap_err()).0, ttrpc::Code::FAILED_PRECONDITION);
+}
