@@ -205,3 +205,46 @@ fn pem_errors_name_the_origin() {
     let err = certs_from_pem(junk.as_bytes(), "ca.pem").unwrap_err();
     assert!(matches!(err, TlsPinError::Certificate { .. }), "{err}");
 }
+
+/// A server certificate issued by a configured CA (not itself configured)
+/// still passes, through the webpki fallback: pinning adds, it takes nothing away.
+#[test]
+fn a_chain_to_a_configured_ca_still_verifies_through_webpki() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((ca, _)) = openssl_self_signed(dir.path(), "ca", "test CA", "DNS:ca.invalid") else { return };
+    let (csr, key, ext, crt) =
+        (dir.path().join("s.csr"), dir.path().join("s.key"), dir.path().join("ext"), dir.path().join("s.crt"));
+    let run = |args: &[&str]| {
+        let ok = Command::new("openssl").args(args).stderr(std::process::Stdio::null()).status().unwrap().success();
+        assert!(ok, "openssl {args:?}");
+    };
+    let p = |path: &Path| path.to_str().unwrap().to_owned();
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p(&key),
+        "-out",
+        &p(&csr),
+    ]);
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let (ca_crt, ca_key) = (p(&dir.path().join("ca.crt")), p(&dir.path().join("ca.key")));
+    run(&["x509", "-req", "-days", "2", "-in", &p(&csr), "-CA", &ca_crt, "-CAkey", &ca_key, "-set_serial", "7"]
+        .into_iter()
+        .chain(["-extfile", &p(&ext), "-out", &p(&crt)])
+        .collect::<Vec<_>>());
+    let server_cert = std::fs::read_to_string(&crt).unwrap();
+    let server_key = std::fs::read_to_string(&key).unwrap();
+    handshake(pinned_client(&ca), server_config(&server_cert, &server_key), "127.0.0.1").unwrap();
+    // The CA does not vouch for another name.
+    assert!(handshake(pinned_client(&ca), server_config(&server_cert, &server_key), "10.0.0.1").is_err());
+}
