@@ -30,7 +30,7 @@ async fn main() -> anyhow::Result<()> {
     let resources = (0..n).map(|i| (format!("default/key/{i}"), vec![0x5a; 32])).collect();
     let kbs = TestKbs::start(KbsConfig { resources, ..KbsConfig::default() }).await?;
     let toml = format!(
-        "[token_configs.kbs]\nurl = \"{}\"\n[attester]\ntype = \"sample\"\n[kbs_client]\ntee_key = \"{key_alg}\"\n",
+        "[token_configs.kbs]\nurl = \"{}\"\ninsecure_http = true\n[attester]\ntype = \"sample\"\n[kbs_client]\ntee_key = \"{key_alg}\"\n",
         kbs.url()
     );
     let config = Config::from_toml(&toml, std::path::Path::new("bench.toml"))?;

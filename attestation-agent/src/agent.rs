@@ -5,16 +5,26 @@
 //! Start-up order is a security property: the initdata measurement is checked
 //! before anything is served, and a mismatch is fatal.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use zeroize::Zeroizing;
 
 use crate::attester::device::KernelIo;
 use crate::attester::{self, Attester, AttesterError, EvidenceRequest, TeeKind, REPORT_DATA_LEN};
 use crate::config::Config;
-use crate::initdata::{Initdata, InitdataError};
+use crate::initdata::{self, Binding, Initdata, InitdataError};
 use crate::kbs::{KbsClient, KbsError};
 use crate::measurement::{EventLog, MeasurementError};
+
+/// What ExtendRuntimeMeasurement did (guest-components' RuntimeMeasurementResult).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measured {
+    Extended,
+    /// The TEE has no runtime measurement register.
+    NotSupported,
+    /// No runtime event log (one-shot CLI commands).
+    NotEnabled,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -38,6 +48,8 @@ pub struct Agent {
     kbs: Option<Arc<KbsClient>>,
     eventlog: Option<Arc<EventLog>>,
     default_register: u64,
+    /// The initdata digest bound so far (at start or by BindInitData).
+    bound_initdata: Mutex<Option<Vec<u8>>>,
 }
 
 /// What `Agent::start` needs besides the config (tests swap the kernel).
@@ -59,12 +71,21 @@ impl Agent {
         let initdata = match &config.initdata {
             Some(path) => {
                 let init = Initdata::load(path)?;
-                init.verify(attester.as_ref())?;
-                tracing::info!(path = %path.display(), algorithm = %init.algorithm, "initdata matches the hardware measurement");
-                Some(init.raw)
+                match init.verify(attester.as_ref())? {
+                    Binding::Matched => tracing::info!(
+                        path = %path.display(), algorithm = %init.algorithm, "initdata matches the hardware measurement"
+                    ),
+                    Binding::Unsupported => tracing::warn!(
+                        path = %path.display(), tee = %attester.tee(),
+                        "this TEE has no initdata measurement field: initdata accepted unchecked"
+                    ),
+                }
+                Some(init)
             }
             None => None,
         };
+        let bound_initdata = Mutex::new(initdata.as_ref().map(Initdata::digest));
+        let initdata = initdata.map(|i| i.raw);
         let default_register = config.measurement.default_register;
         let eventlog = if eventlog {
             Some(Arc::new(EventLog::open(&config.measurement.eventlog, attester.clone())?))
@@ -81,7 +102,7 @@ impl Agent {
             }
             None => None,
         };
-        Ok(Self { attester, kbs, eventlog, default_register })
+        Ok(Self { attester, kbs, eventlog, default_register, bound_initdata })
     }
 
     pub fn tee(&self) -> TeeKind {
@@ -111,6 +132,48 @@ impl Agent {
         Ok(serde_json::to_vec(&evidence).expect("JSON values serialize"))
     }
 
+    /// Evidence of the additional attestable devices: none in this build, so
+    /// empty (guest-components answers the same when it finds no device).
+    pub async fn additional_evidence(&self, runtime_data: &[u8]) -> Result<Vec<u8>, AgentError> {
+        if runtime_data.len() > REPORT_DATA_LEN {
+            return Err(AgentError::InvalidArgument(format!(
+                "runtime data is {} bytes; at most {REPORT_DATA_LEN}",
+                runtime_data.len()
+            )));
+        }
+        Ok(Vec::new())
+    }
+
+    /// Kinds of the additional attestable devices (none in this build).
+    pub fn additional_tees(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// BindInitData: `digest` against the TEE's initdata field (TDX
+    /// MRCONFIGID, SNP HOST_DATA). Without such a field the first digest is
+    /// recorded and a different one later is refused.
+    pub async fn bind_init_data(&self, digest: &[u8]) -> Result<Binding, AgentError> {
+        let attester = self.attester.clone();
+        let given = digest.to_vec();
+        let binding = tokio::task::spawn_blocking(move || initdata::bind(attester.as_ref(), &given))
+            .await
+            .map_err(|e| AgentError::InvalidArgument(format!("initdata task failed: {e}")))??;
+        let mut bound = self.bound_initdata.lock().unwrap_or_else(|p| p.into_inner());
+        match (binding, bound.as_deref()) {
+            (Binding::Unsupported, Some(previous)) if previous != digest => {
+                return Err(InitdataError::Rebind { bound: hex::encode(previous), given: hex::encode(digest) }.into());
+            }
+            _ => *bound = Some(digest.to_vec()),
+        }
+        tracing::info!(tee = %self.attester.tee(), ?binding, digest = %hex::encode(digest), "initdata bound");
+        Ok(binding)
+    }
+
+    /// The initdata digest bound so far.
+    pub fn bound_initdata(&self) -> Option<Vec<u8>> {
+        self.bound_initdata.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub async fn token(&self) -> Result<String, AgentError> {
         Ok(self.kbs()?.token().await?)
     }
@@ -125,16 +188,19 @@ impl Agent {
         operation: &str,
         content: &str,
         register: Option<u64>,
-    ) -> Result<(), AgentError> {
-        let log = self
-            .eventlog
-            .clone()
-            .ok_or_else(|| AgentError::InvalidArgument("runtime measurement needs the daemon's event log".into()))?;
+    ) -> Result<Measured, AgentError> {
+        let Some(log) = self.eventlog.clone() else {
+            return Ok(Measured::NotEnabled);
+        };
         let register = register.unwrap_or(self.default_register);
         let (d, o, c) = (domain.to_owned(), operation.to_owned(), content.to_owned());
-        tokio::task::spawn_blocking(move || log.extend(register, &d, &o, &c))
+        let outcome = tokio::task::spawn_blocking(move || log.extend(register, &d, &o, &c))
             .await
-            .map_err(|e| AgentError::InvalidArgument(format!("measurement task failed: {e}")))??;
-        Ok(())
+            .map_err(|e| AgentError::InvalidArgument(format!("measurement task failed: {e}")))?;
+        match outcome {
+            Ok(()) => Ok(Measured::Extended),
+            Err(MeasurementError::Register(AttesterError::Unsupported { .. })) => Ok(Measured::NotSupported),
+            Err(err) => Err(err.into()),
+        }
     }
 }

@@ -53,8 +53,12 @@ pub struct TokenConfigs {
 pub struct KbsTokenConfig {
     /// `http://host:port` or `https://host:port` of the KBS.
     pub url: String,
-    /// PEM certificate of the KBS; when set, it is the only trusted root (pinning).
+    /// PEM certificate of the KBS; when set, it is the only trust: the server
+    /// must present exactly it (name and validity checked) or a chain to it.
     pub cert: Option<String>,
+    /// Allow a plain `http://` KBS URL (development only; warned at every start).
+    #[serde(default)]
+    pub insecure_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -183,7 +187,9 @@ impl Config {
             )));
         }
         let config = Config {
-            token_configs: TokenConfigs { kbs: Some(KbsTokenConfig { url: url.to_owned(), cert: None }) },
+            token_configs: TokenConfigs {
+                kbs: Some(KbsTokenConfig { url: url.to_owned(), cert: None, insecure_http: false }),
+            },
             ..Config::default()
         };
         config.validate()?;
@@ -191,11 +197,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        let insecure_http = self.token_configs.kbs.as_ref().is_some_and(|k| k.insecure_http);
         if let Some(kbs) = &self.token_configs.kbs {
-            check_url(&kbs.url)?;
+            check_url(&kbs.url, insecure_http)?;
         }
         if let Some(url) = &self.kbs_client.resource_url {
-            check_url(url)?;
+            check_url(url, insecure_http)?;
         }
         if self.kbs_client.max_attempts == 0 || self.kbs_client.max_attempts > 20 {
             return Err(ConfigError::Invalid("kbs_client.max_attempts must be 1..=20".into()));
@@ -211,11 +218,21 @@ impl Config {
     }
 }
 
-fn check_url(url: &str) -> Result<(), ConfigError> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| ConfigError::Invalid(format!("KBS url {url:?} must start with http:// or https://")))?;
+/// `https://host…`; `http://host…` only with `insecure_http = true`.
+fn check_url(url: &str, insecure_http: bool) -> Result<(), ConfigError> {
+    let rest = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+        (Some(rest), _) => rest,
+        (None, Some(_)) if !insecure_http => {
+            return Err(ConfigError::Invalid(format!(
+                "KBS url {url:?} is plain HTTP: refused (use https://, or set insecure_http = true in \
+                 [token_configs.kbs] for development)"
+            )))
+        }
+        (None, Some(rest)) => rest,
+        (None, None) => {
+            return Err(ConfigError::Invalid(format!("KBS url {url:?} must start with https:// (or http://)")))
+        }
+    };
     if rest.is_empty() || rest.starts_with('/') {
         return Err(ConfigError::Invalid(format!("KBS url {url:?} has no host")));
     }
@@ -252,7 +269,7 @@ type = "sample"
 
     #[test]
     fn attester_defaults_to_auto_never_sample() {
-        let c = Config::from_toml("[token_configs.kbs]\nurl = \"http://a:1\"\n", Path::new("x")).unwrap();
+        let c = Config::from_toml("[token_configs.kbs]\nurl = \"https://a:1\"\n", Path::new("x")).unwrap();
         assert_eq!(c.attester.kind, AttesterChoice::Auto);
     }
 
@@ -263,10 +280,24 @@ type = "sample"
     }
 
     #[test]
+    fn plain_http_needs_insecure_http() {
+        let err = Config::from_toml("[token_configs.kbs]\nurl = \"http://a:1\"\n", Path::new("x")).unwrap_err();
+        assert!(err.to_string().contains("plain HTTP: refused") && err.to_string().contains("insecure_http"), "{err}");
+        let c = Config::from_toml("[token_configs.kbs]\nurl = \"http://a:1\"\ninsecure_http = true\n", Path::new("x"))
+            .unwrap();
+        assert!(c.kbs().unwrap().insecure_http);
+        // The passport-mode resource KBS follows the same rule.
+        let text = "[token_configs.kbs]\nurl = \"https://a:1\"\n[kbs_client]\nresource_url = \"http://b:2\"\n";
+        assert!(Config::from_toml(text, Path::new("x")).is_err());
+    }
+
+    #[test]
     fn kernel_cmdline_fallback() {
-        let c =
-            Config::from_kernel_cmdline("quiet agent.aa_kbc_params=cc_kbc::http://10.0.2.2:8080 console=hvc0").unwrap();
-        assert_eq!(c.kbs().unwrap().url, "http://10.0.2.2:8080");
+        let c = Config::from_kernel_cmdline("quiet agent.aa_kbc_params=cc_kbc::https://10.0.2.2:8080 console=hvc0")
+            .unwrap();
+        assert_eq!(c.kbs().unwrap().url, "https://10.0.2.2:8080");
+        // The host writes the command line: it cannot downgrade us to plain HTTP.
+        assert!(Config::from_kernel_cmdline("agent.aa_kbc_params=cc_kbc::http://10.0.2.2:8080").is_err());
         assert!(Config::from_kernel_cmdline("quiet").is_err());
         assert!(Config::from_kernel_cmdline("agent.aa_kbc_params=offline_fs_kbc::null").is_err());
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
-use crate::attester::{Attester, AttesterError};
+use crate::attester::{Attester, AttesterError, TeeKind};
 
 /// Largest initdata document accepted.
 pub const MAX_INITDATA: u64 = 256 * 1024;
@@ -33,6 +33,63 @@ pub enum InitdataError {
     Hardware(#[from] AttesterError),
     #[error("initdata digest {digest} does not match the hardware measurement {measured}: refusing to start with configuration the TEE did not measure")]
     Mismatch { digest: String, measured: String },
+    #[error(
+        "initdata {bound} is already bound on this TEE (which has no initdata field); refusing to rebind it to {given}"
+    )]
+    Rebind { bound: String, given: String },
+    #[error("initdata digest is {0} bytes; expected 1..=64 (a sha256/384/512 digest)")]
+    DigestLength(usize),
+    #[error("{tee} measures initdata in {expected} bytes, but the hardware field read is {found} bytes")]
+    FieldLength { tee: TeeKind, expected: usize, found: usize },
+}
+
+/// How BindInitData ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// The digest equals the hardware measurement field.
+    Matched,
+    /// The platform has no initdata field (SE, the sample attester without a
+    /// configured field): accepted and recorded, proves nothing.
+    Unsupported,
+}
+
+/// Size of the field a TEE measures initdata into; None: no such field.
+pub fn field_len(tee: TeeKind) -> Option<usize> {
+    match tee {
+        TeeKind::Tdx => Some(48),
+        TeeKind::Snp => Some(32),
+        TeeKind::Se | TeeKind::AzSnpVtpm | TeeKind::AzTdxVtpm | TeeKind::Sample => None,
+    }
+}
+
+/// `digest` zero-padded or truncated to `len` bytes (guest-components' rule).
+pub fn fit_to_field(digest: &[u8], len: usize) -> Vec<u8> {
+    let mut out = digest[..digest.len().min(len)].to_vec();
+    out.resize(len, 0);
+    out
+}
+
+/// Compares `digest` with the attester's initdata field: TDX MRCONFIGID (48
+/// bytes), SNP HOST_DATA (32 bytes), the sample attester's configured field.
+/// A platform without a field answers [`Binding::Unsupported`].
+pub fn bind(attester: &dyn Attester, digest: &[u8]) -> Result<Binding, InitdataError> {
+    if digest.is_empty() || digest.len() > 64 {
+        return Err(InitdataError::DigestLength(digest.len()));
+    }
+    let measured = match attester.initdata_field() {
+        Ok(field) => field,
+        Err(AttesterError::Unsupported { .. }) => return Ok(Binding::Unsupported),
+        Err(err) => return Err(err.into()),
+    };
+    let tee = attester.tee();
+    let expected_len = field_len(tee).unwrap_or(measured.len());
+    if measured.len() != expected_len {
+        return Err(InitdataError::FieldLength { tee, expected: expected_len, found: measured.len() });
+    }
+    if fit_to_field(digest, expected_len) != measured {
+        return Err(InitdataError::Mismatch { digest: hex::encode(digest), measured: hex::encode(&measured) });
+    }
+    Ok(Binding::Matched)
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,19 +131,9 @@ impl Initdata {
         digest(&self.algorithm, self.raw.as_bytes()).expect("algorithm checked at parse")
     }
 
-    /// Compares the digest with the attester's measurement field.
-    pub fn verify(&self, attester: &dyn Attester) -> Result<(), InitdataError> {
-        let measured = attester.initdata_field()?;
-        let digest = self.digest();
-        let mut expected = vec![0u8; measured.len()];
-        let matches = digest.len() <= measured.len() && {
-            expected[..digest.len()].copy_from_slice(&digest);
-            expected == measured
-        };
-        if !matches {
-            return Err(InitdataError::Mismatch { digest: hex::encode(&digest), measured: hex::encode(&measured) });
-        }
-        Ok(())
+    /// Compares the digest with the attester's measurement field ([`bind`]).
+    pub fn verify(&self, attester: &dyn Attester) -> Result<Binding, InitdataError> {
+        bind(attester, &self.digest())
     }
 }
 
@@ -103,6 +150,7 @@ fn digest(algorithm: &str, bytes: &[u8]) -> Result<Vec<u8>, InitdataError> {
 mod tests {
     use super::*;
     use crate::attester::sample::SampleAttester;
+    use crate::attester::EvidenceRequest;
 
     const DOC: &str = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"aa.toml\" = \"x\"\n";
 
@@ -126,9 +174,75 @@ mod tests {
         let init = Initdata::parse(DOC.into()).unwrap();
         let err = init.verify(&SampleAttester { initdata: Some(vec![0; 48]), ..Default::default() }).unwrap_err();
         assert!(matches!(err, InitdataError::Mismatch { .. }), "{err}");
-        // sha384 does not fit a 32-byte HOST_DATA: mismatch, not truncation.
-        let short = init.digest()[..32].to_vec();
-        assert!(init.verify(&SampleAttester { initdata: Some(short), ..Default::default() }).is_err());
+    }
+
+    /// A TEE with a fixed initdata field, as the hardware reports it.
+    #[derive(Debug)]
+    struct Field(TeeKind, Vec<u8>);
+
+    impl Attester for Field {
+        fn tee(&self) -> TeeKind {
+            self.0
+        }
+        fn evidence(&self, _: &EvidenceRequest<'_>) -> Result<serde_json::Value, AttesterError> {
+            Ok(serde_json::Value::Null)
+        }
+        fn initdata_field(&self) -> Result<Vec<u8>, AttesterError> {
+            Ok(self.1.clone())
+        }
+    }
+
+    fn digest_of(alg: &str) -> Vec<u8> {
+        digest(alg, DOC.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn tdx_mrconfigid_takes_sha256_padded_sha384_exact_sha512_truncated() {
+        let sha256 = digest_of("sha256");
+        let mut padded = sha256.clone();
+        padded.resize(48, 0);
+        assert_eq!(bind(&Field(TeeKind::Tdx, padded.clone()), &sha256).unwrap(), Binding::Matched);
+        // The padding is zeros: a field with the digest but other filler is a mismatch.
+        let mut filled = padded.clone();
+        filled[47] = 1;
+        assert!(matches!(bind(&Field(TeeKind::Tdx, filled), &sha256), Err(InitdataError::Mismatch { .. })));
+
+        let sha384 = digest_of("sha384");
+        assert_eq!(bind(&Field(TeeKind::Tdx, sha384.clone()), &sha384).unwrap(), Binding::Matched);
+
+        let sha512 = digest_of("sha512");
+        assert_eq!(bind(&Field(TeeKind::Tdx, sha512[..48].to_vec()), &sha512).unwrap(), Binding::Matched);
+        assert!(bind(&Field(TeeKind::Tdx, sha384), &sha512).is_err());
+    }
+
+    #[test]
+    fn snp_host_data_takes_sha256_exact_and_longer_digests_truncated() {
+        let sha256 = digest_of("sha256");
+        assert_eq!(bind(&Field(TeeKind::Snp, sha256.clone()), &sha256).unwrap(), Binding::Matched);
+        for alg in ["sha384", "sha512"] {
+            let d = digest_of(alg);
+            assert_eq!(bind(&Field(TeeKind::Snp, d[..32].to_vec()), &d).unwrap(), Binding::Matched, "{alg}");
+            let mut other = d[..32].to_vec();
+            other[0] ^= 1;
+            assert!(bind(&Field(TeeKind::Snp, other), &d).is_err(), "{alg}");
+        }
+        assert_eq!(fit_to_field(&[1, 2, 3], 5), [1, 2, 3, 0, 0]);
+        assert_eq!(fit_to_field(&[1, 2, 3], 2), [1, 2]);
+    }
+
+    #[test]
+    fn a_hardware_field_of_the_wrong_size_is_an_error_not_a_match() {
+        let sha256 = digest_of("sha256");
+        let err = bind(&Field(TeeKind::Snp, [sha256.clone(), vec![0; 16]].concat()), &sha256).unwrap_err();
+        assert!(matches!(err, InitdataError::FieldLength { expected: 32, found: 48, .. }), "{err}");
+    }
+
+    #[test]
+    fn platforms_without_a_field_accept_and_bad_digests_are_refused() {
+        let sample = SampleAttester::default();
+        assert_eq!(bind(&sample, &digest_of("sha256")).unwrap(), Binding::Unsupported);
+        assert!(matches!(bind(&sample, &[]), Err(InitdataError::DigestLength(0))));
+        assert!(matches!(bind(&sample, &[0; 65]), Err(InitdataError::DigestLength(65))));
     }
 
     #[test]

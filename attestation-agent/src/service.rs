@@ -9,13 +9,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use protos::attestation_agent::{
-    ExtendRuntimeMeasurementRequest, ExtendRuntimeMeasurementResponse, GetEvidenceRequest, GetEvidenceResponse,
-    GetResourceRequest, GetResourceResponse, GetTeeTypeRequest, GetTeeTypeResponse, GetTokenRequest, GetTokenResponse,
+    BindInitDataRequest, BindInitDataResponse, ExtendRuntimeMeasurementRequest, ExtendRuntimeMeasurementResponse,
+    GetAdditionalEvidenceRequest, GetAdditionalTeesRequest, GetAdditionalTeesResponse, GetEvidenceRequest,
+    GetEvidenceResponse, GetResourceRequest, GetResourceResponse, GetTeeTypeRequest, GetTeeTypeResponse,
+    GetTokenRequest, GetTokenResponse, RuntimeMeasurementResult,
 };
 use protos::attestation_agent_ttrpc::{create_attestation_agent_service, AttestationAgentService};
 use ttrpc::r#async::TtrpcContext;
 
-use crate::agent::{Agent, AgentError};
+use crate::agent::{Agent, AgentError, Measured};
+use crate::initdata::InitdataError;
 use crate::kbs::KbsError;
 
 pub struct Service {
@@ -35,6 +38,10 @@ fn status(err: AgentError, rpc: &'static str) -> ttrpc::Error {
         AgentError::NoKbs | AgentError::Kbs(KbsError::Config(_)) => Code::FAILED_PRECONDITION,
         AgentError::Attester(crate::attester::AttesterError::Unsupported { .. }) => Code::UNIMPLEMENTED,
         AgentError::Measurement(crate::measurement::MeasurementError::InvalidEvent(_)) => Code::INVALID_ARGUMENT,
+        AgentError::Initdata(InitdataError::DigestLength(_)) => Code::INVALID_ARGUMENT,
+        AgentError::Initdata(InitdataError::Mismatch { .. } | InitdataError::Rebind { .. }) => {
+            Code::FAILED_PRECONDITION
+        }
         AgentError::Measurement(crate::measurement::MeasurementError::Register(
             crate::attester::AttesterError::Unsupported { .. },
         )) => Code::UNIMPLEMENTED,
@@ -67,11 +74,42 @@ impl AttestationAgentService for Service {
         _: &TtrpcContext,
         req: ExtendRuntimeMeasurementRequest,
     ) -> ttrpc::Result<ExtendRuntimeMeasurementResponse> {
-        self.agent
+        // A TEE without registers is an answer (Result = NOT_SUPPORTED), not an
+        // error status: guest-components' clients log it and go on.
+        let measured = self
+            .agent
             .extend(&req.Domain, &req.Operation, &req.Content, req.RegisterIndex)
             .await
             .map_err(|e| status(e, "ExtendRuntimeMeasurement"))?;
-        Ok(ExtendRuntimeMeasurementResponse::default())
+        let result = match measured {
+            Measured::Extended => RuntimeMeasurementResult::OK,
+            Measured::NotSupported => RuntimeMeasurementResult::NOT_SUPPORTED,
+            Measured::NotEnabled => RuntimeMeasurementResult::NOT_ENABLED,
+        };
+        Ok(ExtendRuntimeMeasurementResponse { Result: result.into(), ..Default::default() })
+    }
+
+    async fn get_additional_evidence(
+        &self,
+        _: &TtrpcContext,
+        req: GetAdditionalEvidenceRequest,
+    ) -> ttrpc::Result<GetEvidenceResponse> {
+        let evidence =
+            self.agent.additional_evidence(&req.RuntimeData).await.map_err(|e| status(e, "GetAdditionalEvidence"))?;
+        Ok(GetEvidenceResponse { Evidence: evidence, ..Default::default() })
+    }
+
+    async fn bind_init_data(&self, _: &TtrpcContext, req: BindInitDataRequest) -> ttrpc::Result<BindInitDataResponse> {
+        self.agent.bind_init_data(&req.Digest).await.map_err(|e| status(e, "BindInitData"))?;
+        Ok(BindInitDataResponse::default())
+    }
+
+    async fn get_additional_tees(
+        &self,
+        _: &TtrpcContext,
+        _: GetAdditionalTeesRequest,
+    ) -> ttrpc::Result<GetAdditionalTeesResponse> {
+        Ok(GetAdditionalTeesResponse { additional_tees: self.agent.additional_tees(), ..Default::default() })
     }
 
     async fn get_tee_type(&self, _: &TtrpcContext, _: GetTeeTypeRequest) -> ttrpc::Result<GetTeeTypeResponse> {

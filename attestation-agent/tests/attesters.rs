@@ -454,3 +454,85 @@ fn detection_picks_the_hardware_and_never_sample() {
     let az = attester::build(AttesterChoice::AzSnpVtpm, Arc::new(FakeKernel::default())).unwrap_err();
     assert!(az.to_string().contains("TPM"), "{az}");
 }
+
+/// Serves `agent` on a unix socket in this process (the daemon's own server
+/// and service table) and connects a ttrpc client to it.
+async fn serve(
+    agent: Agent,
+    dir: &Path,
+) -> (protos::attestation_agent_ttrpc::AttestationAgentServiceClient, tokio::sync::oneshot::Sender<()>) {
+    let socket = format!("unix://{}", dir.join("aa.sock").display());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let addr = socket.clone();
+    tokio::spawn(async move {
+        attestation_agent::server::serve_until(Arc::new(agent), &addr, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap()
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dir.join("aa.sock").exists() {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let client = ttrpc::r#async::Client::connect(&socket).await.unwrap();
+    (protos::attestation_agent_ttrpc::AttestationAgentServiceClient::new(client), stop)
+}
+
+fn ttrpc_ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(10_000_000_000)
+}
+
+fn agent_for(kernel: FakeKernel, tee: &str, dir: &Path) -> Agent {
+    let text = format!("[attester]\ntype = \"{tee}\"\n[measurement]\neventlog = \"{}\"\n", dir.join("log").display());
+    let cfg = Config::from_toml(&text, Path::new("aa.toml")).unwrap();
+    Agent::start(&cfg, StartOptions { kernel: Arc::new(kernel), eventlog: true }).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bind_init_data_over_ttrpc_compares_mrconfigid_truncating_sha512() {
+    use protos::attestation_agent::BindInitDataRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let sha512 = Sha512::digest(b"version = \"0.1.0\"\nalgorithm = \"sha512\"\n").to_vec();
+    let kernel = FakeKernel { mrconfigid: sha512[..48].try_into().unwrap(), ..tdx_kernel() };
+    let (aa, _stop) = serve(agent_for(kernel, "tdx", dir.path()), dir.path()).await;
+
+    let req = BindInitDataRequest { Digest: sha512.clone(), ..Default::default() };
+    aa.bind_init_data(ttrpc_ctx(), &req).await.unwrap();
+    let wrong = BindInitDataRequest { Digest: Sha384::digest(b"another document").to_vec(), ..Default::default() };
+    match aa.bind_init_data(ttrpc_ctx(), &wrong).await.unwrap_err() {
+        ttrpc::Error::RpcStatus(s) => {
+            assert_eq!(s.code(), ttrpc::Code::FAILED_PRECONDITION);
+            assert!(s.message().contains("does not match the hardware measurement"), "{}", s.message());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snp_over_ttrpc_binds_host_data_and_answers_not_supported_for_runtime_measurement() {
+    use protos::attestation_agent::{BindInitDataRequest, ExtendRuntimeMeasurementRequest, RuntimeMeasurementResult};
+    let dir = tempfile::tempdir().unwrap();
+    let sha384 = Sha384::digest(b"initdata").to_vec();
+    let kernel = FakeKernel {
+        devices: ["/dev/sev-guest".into()].into(),
+        host_data: sha384[..32].try_into().unwrap(),
+        ..FakeKernel::default()
+    };
+    let (aa, _stop) = serve(agent_for(kernel, "snp", dir.path()), dir.path()).await;
+    aa.bind_init_data(ttrpc_ctx(), &BindInitDataRequest { Digest: sha384, ..Default::default() }).await.unwrap();
+
+    // SNP has no runtime register: an answer guest-components' clients log
+    // and go on from (Result = NOT_SUPPORTED), not an UNIMPLEMENTED status.
+    let ext = ExtendRuntimeMeasurementRequest {
+        Domain: "github.com/confidential-containers".into(),
+        Operation: "PullImage".into(),
+        Content: "x".into(),
+        ..Default::default()
+    };
+    let resp = aa.extend_runtime_measurement(ttrpc_ctx(), &ext).await.unwrap();
+    assert_eq!(resp.Result.enum_value(), Ok(RuntimeMeasurementResult::NOT_SUPPORTED));
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    assert!(!log.contains("PullImage"), "nothing logged for an unmeasured event: {log}");
+}

@@ -170,7 +170,7 @@ async fn cli_fails_clearly_when_the_kbs_is_down() {
 fn auto_attester_never_falls_back_to_sample() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("aa.toml");
-    std::fs::write(&path, "[token_configs.kbs]\nurl = \"http://127.0.0.1:9\"\n").unwrap();
+    std::fs::write(&path, "[token_configs.kbs]\nurl = \"https://127.0.0.1:9\"\n").unwrap();
     let out = Command::new(BIN)
         .args(["get-evidence", "--config"])
         .arg(&path)

@@ -238,6 +238,54 @@ async fn https_with_a_pinned_certificate() {
     assert_eq!(kbs.stats().requests.load(std::sync::atomic::Ordering::SeqCst), requests, "no request reached the KBS");
 }
 
+/// The certificate `openssl req -x509 -newkey rsa:2048 -nodes -subj
+/// /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1` makes is CA:TRUE; as the
+/// pinned KBS certificate it was refused with CaUsedAsEndEntity before
+/// exact-match pinning. A different certificate, or the right one for another
+/// name, is still refused, before any request reaches the KBS.
+#[tokio::test]
+async fn https_with_a_pinned_openssl_ca_true_certificate_and_its_refusals() {
+    if !support::require_tool("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = support::openssl_default_x509(dir.path(), "kbs", "127.0.0.1", "IP:127.0.0.1");
+    let (other, _) = support::openssl_default_x509(dir.path(), "other", "127.0.0.1", "IP:127.0.0.1");
+    let (elsewhere, elsewhere_key) =
+        support::openssl_default_x509(dir.path(), "kbs2", "kbs.example", "DNS:kbs.example");
+    let kbs =
+        TestKbs::start(KbsConfig { resources: resources(1), tls: Some((cert.clone(), key)), ..KbsConfig::default() })
+            .await
+            .unwrap();
+    let client_pinning = |pem: &str, url: &str| {
+        let mut cfg = config(url, "");
+        cfg.token_configs.kbs.as_mut().unwrap().cert = Some(pem.to_owned());
+        KbsClient::new(&cfg, sample(), None).unwrap()
+    };
+    let client = client_pinning(&cert, &kbs.url());
+    assert_eq!(&client.get_resource("kbs:///default/key/0").await.unwrap()[..], b"secret-0");
+
+    let requests = || kbs.stats().requests.load(std::sync::atomic::Ordering::SeqCst);
+    let before = requests();
+    let err = client_pinning(&other, &kbs.url()).get_resource("kbs:///default/key/0").await.unwrap_err();
+    assert!(matches!(err, KbsError::Tls { .. }), "{err}");
+    assert!(err.to_string().contains("is not a pinned certificate"), "{err}");
+    assert_eq!(requests(), before, "no request reached the KBS");
+
+    // The pinned certificate is presented, but it names kbs.example, not 127.0.0.1.
+    let wrong_name = TestKbs::start(KbsConfig {
+        resources: resources(1),
+        tls: Some((elsewhere.clone(), elsewhere_key)),
+        ..KbsConfig::default()
+    })
+    .await
+    .unwrap();
+    let err = client_pinning(&elsewhere, &wrong_name.url()).get_resource("kbs:///default/key/0").await.unwrap_err();
+    assert!(matches!(err, KbsError::Tls { .. }), "{err}");
+    assert!(err.to_string().contains("not valid for name"), "{err}");
+    assert_eq!(wrong_name.stats().requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
 #[tokio::test]
 async fn hostile_kbs_answers_are_clear_errors() {
     let kbs = kbs(1).await;

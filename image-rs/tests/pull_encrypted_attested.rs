@@ -44,7 +44,7 @@ impl Guest {
         let socket = dir.join("aa.sock");
         let addr = format!("unix://{}", socket.display());
         let toml = format!(
-            "[token_configs.kbs]\nurl = \"{}\"\n\n[attester]\ntype = \"sample\"\n\n[server]\nsocket = \"{addr}\"\n",
+            "[token_configs.kbs]\nurl = \"{}\"\ninsecure_http = true\n\n[attester]\ntype = \"sample\"\n\n[server]\nsocket = \"{addr}\"\n",
             kbs.url()
         );
         let config = Config::from_toml(&toml, Path::new("aa.toml")).expect("aa.toml");

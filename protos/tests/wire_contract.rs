@@ -244,3 +244,90 @@ fn packages_and_type_names_match_kata() {
     assert_eq!(protos::health::CheckRequest::descriptor().full_name(), "grpc.CheckRequest");
     assert_eq!(protos::empty::Empty::descriptor().full_name(), "google.protobuf.Empty");
 }
+
+/// guest-components' attestation-agent.proto (package attestation_agent):
+/// message, enum and field names and numbers, and the service's method names.
+#[test]
+fn attestation_agent_matches_guest_components() {
+    use protobuf::{Enum, EnumFull, MessageFull};
+    use protos::attestation_agent::*;
+
+    // GetEvidenceRequest / GetAdditionalEvidenceRequest: RuntimeData=1; GetEvidenceResponse: Evidence=1
+    let req: GetEvidenceRequest = decode(&Raw::default().bytes(1, b"rd"));
+    assert_eq!(req.RuntimeData, b"rd");
+    let req: GetAdditionalEvidenceRequest = decode(&Raw::default().bytes(1, b"device-nonce"));
+    assert_eq!(req.RuntimeData, b"device-nonce");
+    let resp: GetEvidenceResponse = decode(&Raw::default().bytes(1, b"{}"));
+    assert_eq!(resp.Evidence, b"{}");
+    // GetTokenRequest: TokenType=1; GetTokenResponse: Token=1
+    let req: GetTokenRequest = decode(&Raw::default().string(1, "kbs"));
+    assert_eq!(req.TokenType, "kbs");
+    let resp: GetTokenResponse = decode(&Raw::default().bytes(1, b"a.b.c"));
+    assert_eq!(resp.Token, b"a.b.c");
+    // ExtendRuntimeMeasurementRequest: Domain=1 Operation=2 Content=3 RegisterIndex=4 (optional uint64)
+    let req: ExtendRuntimeMeasurementRequest = decode(
+        &Raw::default()
+            .string(1, "github.com/confidential-containers")
+            .string(2, "PullImage")
+            .string(3, "x")
+            .uint(4, 17),
+    );
+    assert_eq!(
+        (req.Domain.as_str(), req.Operation.as_str(), req.Content.as_str(), req.RegisterIndex),
+        ("github.com/confidential-containers", "PullImage", "x", Some(17))
+    );
+    // An explicit RegisterIndex 0 is kept (proto3 optional), not read as "unset".
+    let req: ExtendRuntimeMeasurementRequest = decode(&Raw::default().uint(4, 0));
+    assert_eq!(req.RegisterIndex, Some(0));
+    // ExtendRuntimeMeasurementResponse: Result=1, enum RuntimeMeasurementResult {OK=0, NOT_SUPPORTED=1, NOT_ENABLED=2}
+    for (value, expected) in [(1, RuntimeMeasurementResult::NOT_SUPPORTED), (2, RuntimeMeasurementResult::NOT_ENABLED)]
+    {
+        let resp: ExtendRuntimeMeasurementResponse = decode(&Raw::default().uint(1, value));
+        assert_eq!(resp.Result.enum_value(), Ok(expected));
+    }
+    assert_eq!(RuntimeMeasurementResult::OK.value(), 0);
+    assert!(ExtendRuntimeMeasurementResponse::default().write_to_bytes().unwrap().is_empty(), "OK is the default");
+    assert_eq!(RuntimeMeasurementResult::enum_descriptor().full_name(), "attestation_agent.RuntimeMeasurementResult");
+    // BindInitDataRequest: Digest=1; BindInitDataResponse: empty
+    let req: BindInitDataRequest = decode(&Raw::default().bytes(1, &[0xab; 48]));
+    assert_eq!(req.Digest, [0xab; 48]);
+    assert!(BindInitDataResponse::default().write_to_bytes().unwrap().is_empty());
+    // GetTeeTypeResponse: tee=1; GetAdditionalTeesResponse: additional_tees=1 (repeated string)
+    let resp: GetTeeTypeResponse = decode(&Raw::default().string(1, "tdx"));
+    assert_eq!(resp.tee, "tdx");
+    let resp: GetAdditionalTeesResponse = decode(&Raw::default().string(1, "nvidia").string(1, "sample-device"));
+    assert_eq!(resp.additional_tees, ["nvidia", "sample-device"]);
+
+    for (descriptor, name) in [
+        (GetAdditionalEvidenceRequest::descriptor(), "GetAdditionalEvidenceRequest"),
+        (BindInitDataRequest::descriptor(), "BindInitDataRequest"),
+        (BindInitDataResponse::descriptor(), "BindInitDataResponse"),
+        (GetAdditionalTeesRequest::descriptor(), "GetAdditionalTeesRequest"),
+        (GetAdditionalTeesResponse::descriptor(), "GetAdditionalTeesResponse"),
+        (ExtendRuntimeMeasurementResponse::descriptor(), "ExtendRuntimeMeasurementResponse"),
+    ] {
+        assert_eq!(descriptor.full_name(), format!("attestation_agent.{name}"));
+    }
+
+    // Method names as ttrpc routes them (/attestation_agent.AttestationAgentService/<Name>).
+    struct Unimplemented;
+    impl protos::attestation_agent_ttrpc::AttestationAgentService for Unimplemented {}
+    let services =
+        protos::attestation_agent_ttrpc::create_attestation_agent_service(std::sync::Arc::new(Unimplemented));
+    let service = &services["attestation_agent.AttestationAgentService"];
+    let mut methods: Vec<&str> = service.methods.keys().map(String::as_str).collect();
+    methods.sort_unstable();
+    assert_eq!(
+        methods,
+        [
+            "BindInitData",
+            "ExtendRuntimeMeasurement",
+            "GetAdditionalEvidence",
+            "GetAdditionalTees",
+            "GetEvidence",
+            "GetResource",
+            "GetTeeType",
+            "GetToken",
+        ]
+    );
+}

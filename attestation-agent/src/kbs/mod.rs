@@ -86,6 +86,13 @@ pub struct KbsClient {
 impl KbsClient {
     pub fn new(config: &Config, attester: Arc<dyn Attester>, initdata: Option<String>) -> Result<Self, KbsError> {
         let kbs = config.kbs().map_err(|e| KbsError::Config(e.to_string()))?;
+        if kbs.insecure_http {
+            tracing::warn!(
+                url = %kbs.url,
+                "insecure_http = true: the KBS may be reached over plain HTTP; anyone on the path sees and \
+                 changes the attestation traffic (development only)"
+            );
+        }
         let transport = Transport::new(&config.kbs_client, kbs.cert.as_deref())?;
         let key = TeeKey::generate(
             config.kbs_client.tee_key,

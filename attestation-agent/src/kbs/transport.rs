@@ -1,5 +1,6 @@
 //! HTTP(S) to the KBS: reqwest on rustls (ring provider), optional
-//! certificate pinning, bounded response bodies, and retries with exponential
+//! certificate pinning (`cvm_crypto::tls_pinning`: the configured certificate
+//! as the exact server certificate or as the only root), bounded response bodies, and retries with exponential
 //! backoff on transport errors and 5xx. A 4xx is an answer, never retried
 //! here (the client decides whether a 401 means "attest again").
 
@@ -7,6 +8,8 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use reqwest::{Method, StatusCode};
+
+use cvm_crypto::tls_pinning::{self, certs_from_pem, Roots};
 
 use super::KbsError;
 use crate::config::KbsClientConfig;
@@ -54,14 +57,14 @@ impl Transport {
             .user_agent(concat!("cvm-attestation-agent/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = cert_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+            // The configured certificate is the only trust: accepted as the
+            // exact server certificate (self-signed CA:TRUE included) or as
+            // the root of the server's chain, never the platform roots.
+            let certs = certs_from_pem(pem.as_bytes(), "KBS certificate (token_configs.kbs.cert)")
+                .map_err(|e| KbsError::Config(e.to_string()))?;
+            let tls = tls_pinning::client_config(certs, Roots::ConfiguredOnly)
                 .map_err(|e| KbsError::Config(format!("KBS certificate (token_configs.kbs.cert): {e}")))?;
-            if certs.is_empty() {
-                return Err(KbsError::Config(
-                    "KBS certificate (token_configs.kbs.cert) holds no PEM certificate".into(),
-                ));
-            }
-            builder = builder.tls_certs_only(certs);
+            builder = builder.tls_backend_preconfigured(tls);
         }
         let http = builder.build().map_err(|e| KbsError::Config(format!("cannot build the HTTPS client: {e}")))?;
         Ok(Self {

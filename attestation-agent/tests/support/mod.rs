@@ -8,10 +8,12 @@ use std::process::Command;
 
 use attestation_agent::config::Config;
 
-/// aa.toml text for a KBS at `url` with the sample attester.
+/// aa.toml text for a KBS at `url` with the sample attester (a plain
+/// `http://` test KBS gets `insecure_http = true`).
 pub fn aa_toml(url: &str, extra: &str) -> String {
+    let insecure = if url.starts_with("http://") { "insecure_http = true\n" } else { "" };
     format!(
-        "[token_configs.kbs]\nurl = \"{url}\"\n\n[attester]\ntype = \"sample\"\n\n[kbs_client]\nmax_attempts = 3\nbackoff_ms = 10\ntimeout_secs = 10\n{extra}\n"
+        "[token_configs.kbs]\nurl = \"{url}\"\n{insecure}\n[attester]\ntype = \"sample\"\n\n[kbs_client]\nmax_attempts = 3\nbackoff_ms = 10\ntimeout_secs = 10\n{extra}\n"
     )
 }
 
@@ -75,5 +77,27 @@ pub fn self_signed(dir: &Path, name: &str) -> (String, String) {
         .status()
         .expect("run openssl");
     assert!(status.success(), "openssl req failed");
+    (std::fs::read_to_string(cert).unwrap(), std::fs::read_to_string(key).unwrap())
+}
+
+/// What an operator gets from `openssl req -x509 -newkey rsa:2048 -nodes
+/// -subj /CN=<cn> -addext subjectAltName=<san>`: self-signed with openssl's
+/// default extensions, i.e. `CA:TRUE` (cert PEM, key PEM).
+pub fn openssl_default_x509(dir: &Path, name: &str, cn: &str, san: &str) -> (String, String) {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={cn}"), "-addext"])
+        .arg(format!("subjectAltName={san}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run openssl");
+    assert!(status.success(), "openssl req failed");
+    let text = Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&cert).output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("CA:TRUE"), "openssl's default is CA:TRUE");
     (std::fs::read_to_string(cert).unwrap(), std::fs::read_to_string(key).unwrap())
 }

@@ -1,4 +1,6 @@
-//! The OCI distribution HTTP client: TLS (system roots plus extra CAs),
+//! The OCI distribution HTTP client: TLS (system roots plus extra CAs; an
+//! extra certificate the registry presents as its own is accepted by exact
+//! match, self-signed CA:TRUE included: `cvm_crypto::tls_pinning`),
 //! plain HTTP only for hosts explicitly marked insecure, proxies, and the
 //! registry auth dance (anonymous, Basic, Bearer tokens from the
 //! `WWW-Authenticate` realm), with tokens cached per registry and repository.
@@ -10,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use cvm_crypto::tls_pinning::{self, certs_from_pem, Roots};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, RANGE, WWW_AUTHENTICATE};
 use reqwest::{Response, StatusCode};
 
@@ -80,12 +83,15 @@ impl Distribution {
             .read_timeout(opts.read_timeout)
             .user_agent(concat!("cvm-image-rs/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::limited(5));
-        for pem in &opts.extra_ca_pems {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| RegistryError::Tls(format!("extra CA certificate: {e}")))?
-            {
-                builder = builder.add_root_certificate(cert);
+        if !opts.extra_ca_pems.is_empty() {
+            let mut certs = Vec::new();
+            for (i, pem) in opts.extra_ca_pems.iter().enumerate() {
+                let origin = format!("extra CA certificate file #{} (--ca-file / ca-files)", i + 1);
+                certs.extend(certs_from_pem(pem, &origin).map_err(|e| RegistryError::Tls(e.to_string()))?);
             }
+            let tls = tls_pinning::client_config(certs, Roots::PlatformAndConfigured)
+                .map_err(|e| RegistryError::Tls(format!("extra CA certificates: {e}")))?;
+            builder = builder.tls_backend_preconfigured(tls);
         }
         type MakeProxy = fn(&str) -> reqwest::Result<reqwest::Proxy>;
         let proxies: [(&Option<String>, &str, MakeProxy); 2] = [
@@ -365,6 +371,13 @@ mod tests {
         bad.proxy.http = Some("http://[not-an-address".into());
         let err = Distribution::new(bad).err().expect("bad proxy refused").to_string();
         assert!(err.contains("http proxy"), "{err}");
+    }
+
+    #[test]
+    fn extra_ca_files_that_are_not_certificates_are_refused_by_number() {
+        let opts = HttpOptions { extra_ca_pems: vec![b"not a certificate".to_vec()], ..HttpOptions::default() };
+        let err = Distribution::new(opts).err().expect("refused").to_string();
+        assert!(err.contains("extra CA certificate file #1"), "{err}");
     }
 
     #[test]

@@ -24,6 +24,11 @@ pub struct RegistryOptions {
     pub anonymous_pull: bool,
     /// `storage.delete.enabled` (allows DELETE of manifests and blobs).
     pub delete: bool,
+    /// With `tls`: serve a self-signed certificate made as operators make one
+    /// (`openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -addext
+    /// subjectAltName=IP:127.0.0.1`, CA:TRUE) instead of a CA-issued one;
+    /// `ca_file` is then that very certificate.
+    pub self_signed: bool,
 }
 
 impl RegistryOptions {
@@ -32,6 +37,9 @@ impl RegistryOptions {
     }
     pub fn tls() -> Self {
         RegistryOptions { tls: true, ..Self::default() }
+    }
+    pub fn tls_self_signed() -> Self {
+        RegistryOptions { tls: true, self_signed: true, ..Self::default() }
     }
     pub fn with_basic(mut self, user: &str, pass: &str) -> Self {
         self.htpasswd = Some((user.into(), pass.into()));
@@ -110,6 +118,23 @@ fn make_tls(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (ca_crt, crt, key)
 }
 
+/// A self-signed certificate for IP 127.0.0.1 with openssl's defaults (CA:TRUE).
+/// Returns (server.crt, server.key); the certificate is its own CA file.
+pub fn make_self_signed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    run_ok(Command::new("openssl").args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"]).args([
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-keyout",
+        p(&key),
+        "-out",
+        p(&crt),
+    ]));
+    (crt, key)
+}
+
 /// First line of the answer to `GET /v2/` sent in plain text (a TLS server answers "400").
 fn probe(port: u16) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).ok()?;
@@ -134,7 +159,12 @@ impl Registry {
         if opts.tls {
             let certs = dir.path().join("certs");
             fs::create_dir_all(&certs).unwrap();
-            let (ca, crt, key) = make_tls(&certs);
+            let (ca, crt, key) = if opts.self_signed {
+                let (crt, key) = make_self_signed(&certs, "server");
+                (crt.clone(), crt, key)
+            } else {
+                make_tls(&certs)
+            };
             let cdir = dir.path().join("ca-dir");
             fs::create_dir_all(&cdir).unwrap();
             fs::copy(&ca, cdir.join("ca.crt")).unwrap();

@@ -5,6 +5,9 @@
 //!
 //! Used by the attestation-agent (TEE key pair, KBS resource JWE, provider
 //! `wrapped_data`), its KBS client, and image-rs ocicrypt (layer key unwrap).
+//! [`tls_pinning`] is the one rustls server-certificate verifier of every
+//! HTTPS client in the guest (KBS, registries): exact-match pinning in front
+//! of webpki.
 //!
 //! What this crate must never do:
 //! - return plaintext that has not been authenticated (every AEAD tag is checked
@@ -25,6 +28,7 @@ mod error;
 pub mod jwe;
 pub mod keys;
 mod rng;
+pub mod tls_pinning;
 
 pub use error::CryptoError;
 pub use keys::{KeyAlg, PrivateKey, PublicJwk, PublicKey};
