@@ -6,11 +6,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use protos::image::{
+use protos::cdh::{
     GetResourceRequest, GetResourceResponse, ImagePullRequest, ImagePullResponse, SecureMountRequest,
     SecureMountResponse, UnsealSecretInput, UnsealSecretOutput,
 };
-use protos::image_ttrpc::{
+use protos::cdh_ttrpc::{
     create_get_resource_service, create_image_pull_service, create_sealed_secret_service, create_secure_mount_service,
     GetResourceService, ImagePullService, SealedSecretService, SecureMountService,
 };

@@ -5,7 +5,7 @@
 //! names (the ttrpc paths a kata agent calls) are read from the descriptor.
 
 use protobuf::Message;
-use protos::image::{
+use protos::cdh::{
     GetResourceRequest, GetResourceResponse, ImagePullRequest, ImagePullResponse, SecureMountRequest,
     UnsealSecretInput, UnsealSecretOutput,
 };
@@ -77,7 +77,7 @@ fn secure_mount_request_keeps_guest_components_numbers() {
 
 #[test]
 fn services_and_methods_are_the_ttrpc_paths_kata_calls() {
-    let file = protos::image::file_descriptor();
+    let file = protos::cdh::file_descriptor();
     assert_eq!(file.proto().package(), "api");
     let mut paths: Vec<String> = file
         .proto()
