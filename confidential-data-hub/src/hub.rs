@@ -60,7 +60,7 @@ impl Hub {
     /// credentials are loaded on the first pull).
     pub fn new(config: &CdhConfig) -> anyhow::Result<Self> {
         let keys: Arc<dyn KeySource> = Arc::new(AaKeySource::new(config.aa.aa_socket.clone(), RESOURCE_TIMEOUT));
-        Ok(Self::with_key_source(config, keys)?)
+        Self::with_key_source(config, keys)
     }
 
     pub fn with_key_source(config: &CdhConfig, keys: Arc<dyn KeySource>) -> anyhow::Result<Self> {
