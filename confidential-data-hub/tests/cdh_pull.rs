@@ -223,6 +223,43 @@ fn refusals_name_the_cause_and_leave_no_bundle() {
 }
 
 #[test]
+fn a_stalled_pull_ends_at_its_deadline_leaving_nothing() {
+    if !prerequisites(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let guest = Guest::start(dir.path(), HashMap::new());
+    let reg = Registry::start(RegistryOptions::plain());
+    let img = app_image(6);
+    let layout = dir.path().join("plain");
+    img.write_to_layout(&layout, "t");
+    reg.push_oci_layout(&layout, "t", "app:plain");
+    let proxy = support::CutProxy::start(&reg.host());
+    // The big layer stalls once, after 1000 bytes, for longer than the deadline.
+    proxy.cut_with(&img.layers[0].digest, 1000, 1, support::CutAction::Stall(std::time::Duration::from_secs(15)));
+    let cdh = Cdh::start(&dir.path().join("cdh"), &guest.aa_addr, &proxy.host(), "pull_deadline_secs = 2");
+    let image = format!("{}/app:plain", proxy.host());
+
+    let b = dir.path().join("bundle");
+    let t = Instant::now();
+    let r = guest.runtime.block_on(cdh.pull(&image, &b));
+    let took = t.elapsed();
+    assert_refused(r, ttrpc::Code::DEADLINE_EXCEEDED, &["deadline", "2s"], &b);
+    assert!(took < std::time::Duration::from_secs(10), "the deadline did not cut the pull: {took:?}");
+    // The cancelled unpack thread drops its staging directory as it ends.
+    let staging = support::wait_for(std::time::Duration::from_secs(5), || {
+        entries(&cdh.work.join("staging")).is_empty().then_some(())
+    });
+    assert!(staging.is_some(), "staging left behind: {:?}", entries(&cdh.work.join("staging")));
+
+    // The daemon is not wedged: the next pull (no stall now) succeeds.
+    guest.runtime.block_on(cdh.pull(&image, &b)).expect("pull after the deadline");
+    assert_app_rootfs(&b);
+    release_bundle(&b);
+}
+
+#[test]
 fn required_policy_refuses_unconfigured_pulls() {
     if !prerequisites(&["docker-registry", "skopeo"]) {
         return;

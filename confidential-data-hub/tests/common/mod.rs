@@ -145,9 +145,10 @@ impl Cdh {
         let toml = format!(
             "socket = \"{addr}\"\n\n[aa]\naa_socket = \"{aa_addr}\"\n\n[kbc]\nname = \"cc_kbc\"\nurl = \"http://kbs.invalid\"\n\n\
              [[credentials]]\nresource_uri = \"kbs:///default/credential/unused\"\npath = \"/run/unused\"\n\n\
-             [image]\nwork_dir = \"{}\"\npull_deadline_secs = 120\n{image_keys}\n\n\
+             [image]\nwork_dir = \"{}\"\n{}{image_keys}\n\n\
              [[image.registry_config.registry]]\nprefix = \"{registry_host}\"\nlocation = \"{registry_host}\"\ninsecure = true\n",
-            work.display()
+            work.display(),
+            if image_keys.contains("pull_deadline_secs") { "" } else { "pull_deadline_secs = 120\n" },
         );
         let config = dir.join("cdh.toml");
         std::fs::write(&config, toml).unwrap();
