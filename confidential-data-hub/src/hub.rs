@@ -4,6 +4,8 @@
 //! and are undone when anything after the pull fails. Resources come from the
 //! KBS through the attestation-agent; the TEE key never leaves the agent.
 //!
+//! Sealed secrets (vault type) are verified and resolved the same way.
+//!
 //! Never logs resource bytes; never leaves a bundle behind on a failed pull.
 
 use std::collections::HashSet;
@@ -22,6 +24,7 @@ use image_rs::signature::SignatureError;
 
 use crate::config::CdhConfig;
 use crate::measure::{MeasureError, Measured, Measurer};
+use crate::secret;
 
 /// How long one GetResource may wait on the attestation-agent.
 const RESOURCE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -128,19 +131,36 @@ impl Hub {
         Ok(pulled)
     }
 
+    /// UnsealSecret: a signed vault secret whose value lives in the KBS.
+    pub async fn unseal_secret(&self, sealed: &[u8]) -> Result<Secret, HubError> {
+        use crate::secret::SealedError;
+        secret::unseal(sealed, self.keys.as_ref()).await.map_err(|e| {
+            let code = match &e {
+                SealedError::Malformed(_) => ttrpc::Code::INVALID_ARGUMENT,
+                SealedError::Signature(_) => ttrpc::Code::PERMISSION_DENIED,
+                SealedError::Unsupported(_) => ttrpc::Code::UNIMPLEMENTED,
+                SealedError::Key { source, .. } | SealedError::Fetch { source, .. } => key_source_code(source),
+            };
+            HubError::new(code, format!("UnsealSecret: {e}"))
+        })
+    }
+
     /// GetResource: `kbs:///<repository>/<type>/<tag>` through the attestation-agent.
     pub async fn get_resource(&self, path: &str) -> Result<Secret, HubError> {
         let uri: ResourceUri =
             path.parse().map_err(|e| HubError::new(ttrpc::Code::INVALID_ARGUMENT, format!("GetResource: {e}")))?;
         self.keys.get_resource(&uri).await.map_err(|e| {
-            let code = match &e {
-                KeySourceError::NotFound { .. } => ttrpc::Code::NOT_FOUND,
-                KeySourceError::Denied { .. } => ttrpc::Code::PERMISSION_DENIED,
-                KeySourceError::Unavailable { .. } => ttrpc::Code::UNAVAILABLE,
-                KeySourceError::NoSource { .. } => ttrpc::Code::FAILED_PRECONDITION,
-            };
-            HubError::new(code, format!("GetResource: KBS through the attestation-agent: {e}"))
+            HubError::new(key_source_code(&e), format!("GetResource: KBS through the attestation-agent: {e}"))
         })
+    }
+}
+
+fn key_source_code(e: &KeySourceError) -> ttrpc::Code {
+    match e {
+        KeySourceError::NotFound { .. } => ttrpc::Code::NOT_FOUND,
+        KeySourceError::Denied { .. } => ttrpc::Code::PERMISSION_DENIED,
+        KeySourceError::Unavailable { .. } => ttrpc::Code::UNAVAILABLE,
+        KeySourceError::NoSource { .. } => ttrpc::Code::FAILED_PRECONDITION,
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod hub;
 pub mod measure;
+pub mod secret;
 pub mod server;
 pub mod service;
 

@@ -1,6 +1,6 @@
 //! The ttrpc services of guest-components' api package, as thin handlers over
-//! [`Hub`]: decode, call, map the error to a status. UnsealSecret and
-//! SecureMount answer UNIMPLEMENTED, naming the method. Never panics on a
+//! [`Hub`]: decode, call, map the error to a status. SecureMount answers
+//! UNIMPLEMENTED, naming the method. Never panics on a
 //! request and never echoes resource bytes into logs.
 
 use std::sync::Arc;
@@ -61,8 +61,10 @@ impl GetResourceService for Service {
 
 #[async_trait]
 impl SealedSecretService for Service {
-    async fn unseal_secret(&self, _: &TtrpcContext, _: UnsealSecretInput) -> ttrpc::Result<UnsealSecretOutput> {
-        Err(unimplemented("api.SealedSecretService/UnsealSecret"))
+    async fn unseal_secret(&self, _: &TtrpcContext, req: UnsealSecretInput) -> ttrpc::Result<UnsealSecretOutput> {
+        tracing::info!(len = req.secret.len(), "UnsealSecret");
+        let secret = self.hub.unseal_secret(&req.secret).await.map_err(status)?;
+        Ok(UnsealSecretOutput { plaintext: secret.to_vec(), ..Default::default() })
     }
 }
 

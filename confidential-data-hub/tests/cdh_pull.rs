@@ -84,11 +84,14 @@ fn plain_and_encrypted_images_pull_through_the_cdh_and_are_measured() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let kek = random_kek();
+    let sealer = p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap();
     let guest = Guest::start(
         dir.path(),
         HashMap::from([
             ("default/key/1".to_string(), kek.clone()),
             ("default/config/app".to_string(), b"{\"replicas\":3}".to_vec()),
+            ("default/sealed-secret-key/1".to_string(), common::public_jwk(&sealer)),
+            ("default/secret/db".to_string(), b"hunter2".to_vec()),
         ]),
     );
     let reg = Registry::start(RegistryOptions::plain());
@@ -149,10 +152,18 @@ fn plain_and_encrypted_images_pull_through_the_cdh_and_are_measured() {
     let (code, message) = rt.block_on(cdh.get_resource("kbs:///../../etc/passwd")).unwrap_err();
     assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{message}");
 
+    // UnsealSecret: a vault secret signed by the key the KBS holds as its kid.
+    let vault = serde_json::json!({"version": "0.1.0", "type": "vault", "name": "kbs:///default/secret/db",
+                                   "provider": "kbs", "provider_settings": {}, "annotations": {}});
+    let kid = "kbs:///default/sealed-secret-key/1";
+    let got = rt.block_on(cdh.unseal(common::seal(&sealer, kid, &vault))).expect("UnsealSecret");
+    assert_eq!(got, b"hunter2");
+    let forger = p256::ecdsa::SigningKey::from_slice(&[8; 32]).unwrap();
+    let (code, message) = rt.block_on(cdh.unseal(common::seal(&forger, kid, &vault))).unwrap_err();
+    assert_eq!(code, ttrpc::Code::PERMISSION_DENIED, "{message}");
+    assert!(message.contains("does not verify"), "{message}");
+
     // Not yet served: UNIMPLEMENTED naming the method.
-    let (code, message) = rt.block_on(cdh.call_raw(("api.SealedSecretService", "UnsealSecret"), vec![])).unwrap_err();
-    assert_eq!(code, ttrpc::Code::UNIMPLEMENTED, "{message}");
-    assert!(message.contains("UnsealSecret"), "{message}");
     let (code, message) = rt.block_on(cdh.call_raw(("api.SecureMountService", "SecureMount"), vec![])).unwrap_err();
     assert_eq!(code, ttrpc::Code::UNIMPLEMENTED, "{message}");
     assert!(message.contains("SecureMount"), "{message}");

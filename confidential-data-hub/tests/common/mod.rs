@@ -14,8 +14,12 @@ use std::time::{Duration, Instant};
 use attestation_agent::agent::{Agent, StartOptions};
 use attestation_agent::attester::device::LinuxKernel;
 use attestation_agent::config::Config;
-use protos::cdh::{GetResourceRequest, ImagePullRequest};
-use protos::cdh_ttrpc::{GetResourceServiceClient, ImagePullServiceClient};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use p256::ecdsa::signature::Signer as _;
+use p256::ecdsa::{Signature, SigningKey};
+use protos::cdh::{GetResourceRequest, ImagePullRequest, UnsealSecretInput};
+use protos::cdh_ttrpc::{GetResourceServiceClient, ImagePullServiceClient, SealedSecretServiceClient};
 use test_kbs::{KbsConfig, TestKbs};
 
 pub const CDH: &str = env!("CARGO_BIN_EXE_confidential-data-hub");
@@ -206,6 +210,16 @@ impl Cdh {
             .map_err(status)
     }
 
+    pub async fn unseal(&self, sealed: Vec<u8>) -> Result<Vec<u8>, (ttrpc::Code, String)> {
+        let client = SealedSecretServiceClient::new(self.client().await);
+        let req = UnsealSecretInput { secret: sealed, ..Default::default() };
+        client
+            .unseal_secret(ttrpc::context::with_timeout(Duration::from_secs(60).as_nanos() as i64), &req)
+            .await
+            .map(|r| r.plaintext)
+            .map_err(status)
+    }
+
     pub async fn call_raw(&self, path: (&str, &str), body: Vec<u8>) -> Result<Vec<u8>, (ttrpc::Code, String)> {
         let client = self.client().await;
         let req = ttrpc::Request {
@@ -262,4 +276,22 @@ pub fn entries(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The public half of `key` as a P-256 JWK (what the KBS serves as the kid).
+pub fn public_jwk(key: &SigningKey) -> Vec<u8> {
+    let point = key.verifying_key().to_sec1_point(false);
+    let b = point.as_bytes();
+    serde_json::to_vec(&serde_json::json!({
+        "kty": "EC", "crv": "P-256", "x": URL_SAFE_NO_PAD.encode(&b[1..33]), "y": URL_SAFE_NO_PAD.encode(&b[33..65]),
+    }))
+    .unwrap()
+}
+
+/// A guest-components sealed secret: `sealed.` + an ES256 JWS by `key` with header kid `kid`.
+pub fn seal(key: &SigningKey, kid: &str, payload: &serde_json::Value) -> Vec<u8> {
+    let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&serde_json::json!({"alg": "ES256", "kid": kid})).unwrap());
+    let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(payload).unwrap());
+    let sig: Signature = key.sign(format!("{header}.{body}").as_bytes());
+    format!("sealed.{header}.{body}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes())).into_bytes()
 }
