@@ -22,7 +22,7 @@ const PROTOS: &[&str] = &[
     "protos/agent.proto",
     "protos/health.proto",
     "protos/attestation_agent.proto",
-    "protos/image.proto",
+    "protos/cdh.proto",
 ];
 
 struct SerdeDerive;

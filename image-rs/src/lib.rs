@@ -12,6 +12,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod bundle;
+pub mod client;
 pub mod digest;
 pub mod keysource;
 pub mod ocicrypt;

@@ -11,24 +11,25 @@
 //! key) and, for provider packets, `--attestation-agent unix:///…` (the KEK is
 //! released by the KBS after attestation) or `--key-source-dir DIR` (development only).
 //!
+//! A thin shell over [`image_rs::client::ImageClient`]: flags become an
+//! `ImageClientConfig`, the pull itself is the library's.
+//!
 //! Exit 0 on success; otherwise non-zero with a one-line reason on stderr.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use image_rs::bundle::{create_bundle, RootfsKind, RootfsMode};
+use image_rs::bundle::{RootfsKind, RootfsMode};
+use image_rs::client::{ImageClient, ImageClientConfig, SigstoreConfig};
 use image_rs::ocicrypt::encrypt::{encrypt_layout, Recipient};
-use image_rs::ocicrypt::{DecryptConfig, DecryptionKey};
-use image_rs::pull::{parse_reference, PullOptions, Puller};
-use image_rs::registry::auth::{AuthStore, Credentials};
+use image_rs::ocicrypt::DecryptionKey;
+use image_rs::pull::parse_reference;
+use image_rs::registry::auth::Credentials;
 use image_rs::registry::config::RegistriesConfig;
-use image_rs::registry::http::{Distribution, HttpOptions};
-use image_rs::registry::{Platform, Registry};
-use image_rs::signature::{ImageVerifier, RegistriesD};
+use image_rs::registry::Platform;
 use image_rs::store::LayerStore;
 
 #[derive(Debug, Parser)]
@@ -232,27 +233,43 @@ fn key_source(args: &PullArgs) -> Arc<dyn image_rs::keysource::KeySource> {
     }
 }
 
-/// The signature policy of this pull: `--policy`, or the built-in accept-anything default.
-async fn signature_verifier(args: &PullArgs) -> anyhow::Result<ImageVerifier> {
-    let keys = key_source(args);
-    Ok(match &args.policy {
-        Some(policy) => ImageVerifier::load(policy, args.registries_d.as_deref(), keys).await?,
-        None => {
-            let rd = match &args.registries_d {
-                Some(dir) => RegistriesD::load_dir(dir)?,
-                None => RegistriesD::default(),
-            };
-            ImageVerifier::builtin_accept_anything(rd, keys)
-        }
-    })
-}
-
-fn decrypt_config(args: &PullArgs) -> anyhow::Result<DecryptConfig> {
-    let mut keys = Vec::new();
+/// The flags as a typed client config; `registry` is the image's registry
+/// (what `--plain-http` applies to).
+fn client_config(args: &PullArgs, registry: &str) -> anyhow::Result<ImageClientConfig> {
+    let mut decryption_keys = Vec::new();
     for p in &args.decryption_keys {
-        keys.push(DecryptionKey::load(p).map_err(anyhow::Error::msg)?);
+        decryption_keys.push(DecryptionKey::load(p).map_err(anyhow::Error::msg)?);
     }
-    Ok(DecryptConfig { keys: Arc::new(keys), key_source: key_source(args) })
+    let mut extra_root_certificates = Vec::new();
+    for p in &args.ca_files {
+        extra_root_certificates.push(std::fs::read(p).with_context(|| format!("reading CA file {}", p.display()))?);
+    }
+    Ok(ImageClientConfig {
+        work_dir: args.work_dir.clone(),
+        signature_policy: args.policy.clone(),
+        require_signature_policy: false,
+        sigstore_config: args.registries_d.clone().map(SigstoreConfig::Dir).unwrap_or_default(),
+        registry_auth: args.auth_file.as_ref().map(|p| p.display().to_string()),
+        creds_override: args.creds.clone(),
+        registries: match &args.registry_config {
+            Some(p) => RegistriesConfig::load(p)?,
+            None => RegistriesConfig::default(),
+        },
+        extra_root_certificates,
+        proxy: None,
+        insecure_registries: if args.plain_http { vec![registry.to_owned()] } else { Vec::new() },
+        max_concurrent_layers: args.max_concurrent_layers,
+        max_layer_bytes: args.max_layer_bytes,
+        key_source: key_source(args),
+        decryption_keys: Arc::new(decryption_keys),
+        platform: args.platform.clone().unwrap_or_else(Platform::host),
+        rootfs: match args.rootfs {
+            RootfsArg::Auto => RootfsMode::Auto,
+            RootfsArg::Overlay => RootfsMode::Overlay,
+            RootfsArg::Flatten => RootfsMode::Flatten,
+        },
+        pull_deadline: None,
+    })
 }
 
 /// `DIR:TAG` (the tag is after the last colon).
@@ -278,68 +295,24 @@ fn encrypt(args: &EncryptArgs) -> anyhow::Result<()> {
 }
 
 async fn pull(args: PullArgs) -> anyhow::Result<()> {
-    let (Some(reference), Some(bundle)) = (args.reference.as_deref(), args.bundle.as_deref()) else {
+    let (Some(image), Some(bundle)) = (args.reference.as_deref(), args.bundle.as_deref()) else {
         anyhow::bail!("usage: image-pull [OPTIONS] REF BUNDLE_DIR (see --help)");
     };
-    let started = Instant::now();
-    let reference = parse_reference(reference)?;
-    let verifier = signature_verifier(&args).await?;
-    let config = match &args.registry_config {
-        Some(p) => RegistriesConfig::load(p)?,
-        None => RegistriesConfig::default(),
-    };
-    let auth = match &args.auth_file {
-        Some(p) => AuthStore::load(p)?,
-        None => AuthStore::default(),
-    };
-    let mut extra_ca_pems = Vec::new();
-    for p in args.ca_files.iter().chain(config.ca_files.iter()) {
-        extra_ca_pems.push(std::fs::read(p).with_context(|| format!("reading CA file {}", p.display()))?);
-    }
-    let mut insecure_hosts: std::collections::HashSet<String> = config.insecure_hosts().into_iter().collect();
-    if args.plain_http {
-        insecure_hosts.insert(reference.registry().to_owned());
-    }
-    let http = Distribution::new(HttpOptions {
-        extra_ca_pems,
-        proxy: config.proxy.clone(),
-        insecure_hosts,
-        auth,
-        creds_override: args.creds.clone(),
-        ..HttpOptions::default()
-    })?;
-    let registry = Registry::new(http, config, args.platform.clone().unwrap_or_else(Platform::host));
-    let store = Arc::new(
-        LayerStore::open(&args.work_dir).with_context(|| format!("opening store {}", args.work_dir.display()))?,
-    );
-    let mut opts = PullOptions { max_concurrent_layers: args.max_concurrent_layers, ..PullOptions::default() };
-    if let Some(max) = args.max_layer_bytes {
-        opts.pipeline.limits.max_bytes = max;
-    }
-    let puller = Puller::new(registry, store, opts).with_decryption(decrypt_config(&args)?);
-
-    let pulled = puller.pull_verified(&reference, &verifier).await?;
-    let mode = match args.rootfs {
-        RootfsArg::Auto => RootfsMode::Auto,
-        RootfsArg::Overlay => RootfsMode::Overlay,
-        RootfsArg::Flatten => RootfsMode::Flatten,
-    };
-    let bundle = bundle.to_owned();
-    let layer_dirs = pulled.layer_dirs.clone();
-    let config = pulled.resolved.config.clone();
-    let kind = tokio::task::spawn_blocking(move || create_bundle(&bundle, &layer_dirs, &config, mode)).await??;
+    let reference = parse_reference(image)?;
+    let client = ImageClient::new(client_config(&args, reference.registry())?);
+    let pulled = client.pull(image, bundle).await?;
     eprintln!(
         "pulled {} ({}) in {:.2}s: {} layers, {} fetched, rootfs {}",
-        reference.whole(),
-        pulled.record.manifest_digest,
-        started.elapsed().as_secs_f64(),
-        pulled.layer_dirs.len(),
+        pulled.reference,
+        pulled.manifest_digest,
+        pulled.elapsed.as_secs_f64(),
+        pulled.layers,
         pulled.layers_fetched,
-        match kind {
+        match pulled.rootfs {
             RootfsKind::Overlay => "overlay",
             RootfsKind::Flattened => "flattened",
         }
     );
-    println!("{}", pulled.record.manifest_digest);
+    println!("{}", pulled.manifest_digest);
     Ok(())
 }

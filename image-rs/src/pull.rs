@@ -106,8 +106,10 @@ impl Puller {
         self.pull_resolved(reference, resolved).await
     }
 
-    /// Pulls a resolved image's missing layers and records the image.
-    pub async fn pull_resolved(
+    /// Pulls a resolved image's missing layers and records the image. Private
+    /// to the crate: callers go through [`Puller::pull_verified`], so nothing
+    /// outside can skip the signature policy.
+    pub(crate) async fn pull_resolved(
         &self,
         reference: &Reference,
         resolved: ResolvedImage,

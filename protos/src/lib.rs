@@ -6,7 +6,8 @@
 //!   numbers). Changing a number here breaks every kata shim: the
 //!   `wire_contract` test guards them.
 //! - `attestation_agent`: the in-guest attestation-agent daemon API.
-//! - `image`: the in-guest image-pull daemon API.
+//! - `cdh`: the confidential data hub API (package `api`: image pull,
+//!   resources, sealed secrets, secure mounts), guest-components' wire contract.
 //!
 //! All messages derive serde in kata's JSON shape (see `serde_compat`).
 
@@ -49,6 +50,6 @@ generated!(
     health_ttrpc,
     attestation_agent,
     attestation_agent_ttrpc,
-    image,
-    image_ttrpc,
+    cdh,
+    cdh_ttrpc,
 );

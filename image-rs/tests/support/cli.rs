@@ -10,10 +10,24 @@ use serde_json::Value;
 
 use super::registry::Registry;
 
-pub const PULL: &str = env!("CARGO_BIN_EXE_image-pull");
+/// The image-pull binary of this test build; other crates' tests (which share
+/// these fixtures by path) find it beside their own binaries.
+pub const PULL: &str = match option_env!("CARGO_BIN_EXE_image-pull") {
+    Some(p) => p,
+    None => "image-pull",
+};
+
+pub fn pull_bin() -> PathBuf {
+    if option_env!("CARGO_BIN_EXE_image-pull").is_some() {
+        return PathBuf::from(PULL);
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/image-pull
+    exe.parent().and_then(|deps| deps.parent()).map(|d| d.join("image-pull")).expect("target dir")
+}
 
 pub fn image_pull(args: &[&str]) -> Output {
-    Command::new(PULL).args(args).output().expect("run image-pull")
+    Command::new(pull_bin()).args(args).output().expect("run image-pull")
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -102,7 +116,7 @@ pub fn pull(reg: &Registry, work: &Path, repo_tag: &str, extra: &[&str]) -> Pull
 
 /// Encrypts layout `src:t` into `dst:t` with `image-pull encrypt`.
 pub fn our_encrypt(src: &Path, dst: &Path, recipients: &[String]) {
-    let mut cmd = Command::new(PULL);
+    let mut cmd = Command::new(pull_bin());
     cmd.arg("encrypt");
     for r in recipients {
         cmd.args(["--recipient", r]);

@@ -1,0 +1,17 @@
+//! Confidential data hub: the in-guest daemon kata's agent calls (over ttrpc,
+//! guest-components' `api` package) to pull images and fetch confidential
+//! resources. It never holds the TEE key: keys, signature policies and
+//! credentials named by `kbs:///` URIs come from the attestation-agent, which
+//! attests to the KBS. Every pull goes through image-rs's `ImageClient`
+//! (signature policy on every pull) and is recorded in the runtime
+//! measurements.
+
+pub mod config;
+pub mod hub;
+pub mod measure;
+pub mod secret;
+pub mod server;
+pub mod service;
+
+pub use config::CdhConfig;
+pub use hub::{Hub, HubError};
