@@ -183,3 +183,57 @@ fn refuses_files_larger_than_free_space_minus_reserve() {
     drop(fs_);
     s.assert_outside_untouched();
 }
+
+/// Fills the filesystem behind the unpacker's back once `after` bytes were read (a concurrent
+/// layer unpack, or anything else writing there).
+struct FillsTheFsMidway<'a> {
+    inner: &'a [u8],
+    read: u64,
+    after: u64,
+    filler: Option<(PathBuf, usize)>,
+}
+
+impl std::io::Read for FillsTheFsMidway<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.read >= self.after {
+            if let Some((path, len)) = self.filler.take() {
+                fs::write(path, vec![9u8; len]).unwrap();
+            }
+        }
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+#[test]
+fn free_space_is_checked_again_while_a_file_is_written() {
+    let s = Sandbox::new();
+    let fs_ = Tmpfs::mount(s.tmp.path().join("small"), "64m");
+    let root = fs_.0.join("root");
+    fs::create_dir(&root).unwrap();
+    let limits = Limits { free_space_reserve_bytes: 4 * MIB, free_space_reserve_percent: 0, ..Limits::default() };
+    // 40 MiB fit when the file starts; 30 MiB written elsewhere after its first 4 MiB leave no
+    // room for the rest: the unpack stops there, above the reserve, not at ENOSPC.
+    let data = vec![1u8; 40 * MIB as usize];
+    let tar = Tar::new().file("big", &data).finish();
+    let reader = FillsTheFsMidway {
+        inner: &tar,
+        read: 0,
+        after: 4 * MIB,
+        filler: Some((fs_.0.join("filler"), 30 * MIB as usize)),
+    };
+    let err = unpack_layer(reader, &root, &UnpackOptions { limits, ..UnpackOptions::default() }).unwrap_err();
+    assert!(
+        matches!(err, UnpackError::NoSpace { ref path, what, reserve, .. } if path == "big" && what == "the rest of this file" && reserve == 4 * MIB),
+        "{err}"
+    );
+    let vfs = rustix::fs::statvfs(&root).unwrap();
+    assert!(
+        vfs.f_bavail * vfs.f_frsize >= 4 * MIB - MIB,
+        "the reserve was eaten: {} bytes free",
+        vfs.f_bavail * vfs.f_frsize
+    );
+    drop(fs_);
+    s.assert_outside_untouched();
+}
