@@ -345,7 +345,8 @@ async fn download(
         let mut skip = have - start;
         let mut too_slow: Option<String> = None;
         loop {
-            if let Some(slow) = too_slow.take() {
+            // (With the whole blob here, read on to the end instead of asking for an empty range.)
+            if let Some(slow) = too_slow.take().filter(|_| hasher.len() < job.blob_size) {
                 last_error = slow;
                 continue 'attempt;
             }
