@@ -4,7 +4,10 @@
 //! them, so memory stays flat whatever the layer size.
 //!
 //! A dropped connection resumes with `Range: bytes=N-`; a registry that
-//! ignores Range is handled by skipping what we already have. The layer is
+//! ignores Range is handled by skipping what we already have. So does a
+//! fetch slower than the minimum transfer rate (a registry trickling bytes
+//! would otherwise hold the pull forever: the per-read timeout never fires).
+//! Data after the tar end-of-archive marker is bounded ([`TRAILER_LIMIT`]). The layer is
 //! committed only when the blob digest, blob size and diff_id all match.
 
 use std::io::{self, Read};
@@ -42,6 +45,8 @@ pub enum LayerError {
     Unpack { digest: Digest, source: UnpackError },
     #[error("layer {digest}: decompressing: {source}")]
     Decompress { digest: Digest, source: io::Error },
+    #[error("layer {digest}: more than {limit} bytes of data after the tar end-of-archive marker")]
+    Trailer { digest: Digest, limit: u64 },
     #[error("layer {digest}: download failed after {attempts} attempts: {last}")]
     RetriesExhausted { digest: Digest, attempts: u32, last: String },
     #[error("store: {0}")]
@@ -83,6 +88,12 @@ pub struct PipelineOptions {
     pub preserve_ownership: bool,
     pub max_retries: u32,
     pub retry_backoff: Duration,
+    /// Slowest acceptable blob transfer, in bytes per second averaged over
+    /// `rate_window` (0: no minimum). A fetch below it is abandoned and
+    /// resumed with Range, counting against `max_retries`. Time spent waiting
+    /// for the unpacker (back-pressure) does not count.
+    pub min_transfer_rate: u64,
+    pub rate_window: Duration,
 }
 
 impl Default for PipelineOptions {
@@ -92,7 +103,74 @@ impl Default for PipelineOptions {
             preserve_ownership: true,
             max_retries: 5,
             retry_backoff: Duration::from_millis(200),
+            min_transfer_rate: 1024,
+            rate_window: Duration::from_secs(30),
         }
+    }
+}
+
+/// Most bytes accepted after a layer's end-of-archive marker (tar writers pad
+/// to a record, 10 KiB by default, 1 MiB at the largest blocking factor).
+/// They are decompressed and hashed for the diff_id: unbounded, a few KiB of
+/// compressed zeros after the marker cost seconds of CPU per GiB.
+pub const TRAILER_LIMIT: u64 = 1 << 20;
+
+/// The minimum-rate check of one blob fetch: a tumbling window of
+/// `rate_window`, extended by the time spent blocked on the unpacker.
+struct RateWindow {
+    min_rate: u64,
+    window: Duration,
+    deadline: Option<tokio::time::Instant>,
+    bytes: u64,
+}
+
+impl RateWindow {
+    fn new(opts: &PipelineOptions) -> Self {
+        let mut w = RateWindow { min_rate: opts.min_transfer_rate, window: opts.rate_window, deadline: None, bytes: 0 };
+        w.restart();
+        w
+    }
+
+    fn restart(&mut self) {
+        self.bytes = 0;
+        self.deadline =
+            (self.min_rate > 0 && !self.window.is_zero()).then(|| tokio::time::Instant::now() + self.window);
+    }
+
+    /// Bytes the window must see.
+    fn needed(&self) -> u64 {
+        let ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        self.min_rate.saturating_mul(ms) / 1000
+    }
+
+    fn pause(&mut self, d: Duration) {
+        if let Some(deadline) = self.deadline.as_mut() {
+            *deadline += d;
+        }
+    }
+
+    /// Awaits `fut` until the window ends; `None` when it ended first.
+    async fn within<F: std::future::Future>(&self, fut: F) -> Option<F::Output> {
+        match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, fut).await.ok(),
+            None => Some(fut.await),
+        }
+    }
+
+    /// At the end of a window: an error if it saw too few bytes, else a new window.
+    fn roll(&mut self) -> Result<(), String> {
+        if self.deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            if self.bytes < self.needed() {
+                return Err(format!(
+                    "transfer rate below {} B/s ({} bytes in {:.0} s)",
+                    self.min_rate,
+                    self.bytes,
+                    self.window.as_secs_f64()
+                ));
+            }
+            self.restart();
+        }
+        Ok(())
     }
 }
 
@@ -176,6 +254,12 @@ pub async fn fetch_layer(
         };
         let stats = unpack::unpack_layer(&mut hashed, &root, &options)
             .map_err(|source| LayerError::Unpack { digest: digest.clone(), source })?;
+        // Only tar padding may follow the end-of-archive marker; bounded.
+        let trailing = io::copy(&mut (&mut hashed).take(TRAILER_LIMIT + 1), &mut io::sink())
+            .map_err(|source| LayerError::Decompress { digest: digest.clone(), source })?;
+        if trailing > TRAILER_LIMIT {
+            return Err(LayerError::Trailer { digest, limit: TRAILER_LIMIT });
+        }
         let (diff_id, len) = hashed.drain_and_finish().map_err(|source| LayerError::Decompress { digest, source })?;
         Ok((stats, diff_id, len))
     });
@@ -243,25 +327,51 @@ async fn download(
         }
         attempts += 1;
         let have = hasher.len();
-        let (mut resp, start) = match registry.open_blob(&job.source, digest, have).await {
-            Ok(r) => r,
-            Err(e @ RegistryError::Transport { .. }) => {
+        let mut rate = RateWindow::new(opts);
+        let opened = rate.within(registry.open_blob(&job.source, digest, have)).await;
+        let (mut resp, start) = match opened {
+            Some(Ok(r)) => r,
+            Some(Err(e @ RegistryError::Transport { .. })) => {
                 last_error = e.to_string();
                 continue;
             }
-            Err(e) => return Err(e.into()),
+            Some(Err(e)) => return Err(e.into()),
+            None => {
+                last_error = rate.roll().err().unwrap_or_else(|| "no response".into());
+                continue;
+            }
         };
         // Bytes of this body we already hashed (registry ignored Range).
         let mut skip = have - start;
+        let mut too_slow: Option<String> = None;
         loop {
-            let chunk = match resp.chunk().await {
-                Ok(Some(c)) => c,
-                Ok(None) => break 'attempt,
-                Err(e) => {
+            // (With the whole blob here, read on to the end instead of asking for an empty range.)
+            if let Some(slow) = too_slow.take().filter(|_| hasher.len() < job.blob_size) {
+                last_error = slow;
+                continue 'attempt;
+            }
+            let chunk = match rate.within(resp.chunk()).await {
+                Some(Ok(Some(c))) => c,
+                Some(Ok(None)) => break 'attempt,
+                Some(Err(e)) => {
                     last_error = RegistryError::transport(resp.url().as_str(), e).to_string();
                     continue 'attempt;
                 }
+                None => {
+                    if let Err(slow) = rate.roll() {
+                        tracing::warn!(layer = %digest, offset = hasher.len(), error = %slow, "abandoning a slow layer download");
+                        last_error = slow;
+                        continue 'attempt;
+                    }
+                    continue;
+                }
             };
+            rate.bytes = rate.bytes.saturating_add(chunk.len() as u64);
+            if let Err(slow) = rate.roll() {
+                tracing::warn!(layer = %digest, offset = hasher.len(), error = %slow, "abandoning a slow layer download");
+                // What arrived is good: use it, then resume after it.
+                too_slow = Some(slow);
+            }
             let mut chunk = chunk;
             if skip > 0 {
                 let n = skip.min(chunk.len() as u64) as usize;
@@ -280,7 +390,11 @@ async fn download(
                 d.update(&mut plain);
                 chunk = plain.freeze();
             }
-            if !unpacker_gone && tx.send(chunk).await.is_err() {
+            let blocked = Instant::now();
+            let sent = unpacker_gone || tx.send(chunk).await.is_ok();
+            // Waiting for the unpacker is not the registry being slow.
+            rate.pause(blocked.elapsed());
+            if !sent {
                 if decryptor.is_none() {
                     // The unpacker stopped (its error is the one to report).
                     return Ok(hasher.len());

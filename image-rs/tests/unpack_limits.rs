@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use image_rs::unpack::{unpack_layer, Limits, UnpackError, UnpackOptions, FREE_SPACE_RESERVE_MAX};
+use image_rs::unpack::{unpack_layer, Limits, UnpackError, UnpackOptions};
 use support::*;
 use tar::EntryType;
 
@@ -148,32 +148,92 @@ fn refuses_files_larger_than_free_space_minus_reserve() {
     let root = fs_.0.join("root");
     fs::create_dir(&root).unwrap();
 
-    // Default limits (no byte budget): the 10 GiB bomb is refused by the free-space check.
+    // Default limits (no byte budget): the 10 GiB bomb is refused by the free-space check (the
+    // default reserve, 64 MiB, leaves nothing of a 64 MiB filesystem).
     let bomb = gzip_tar_bomb();
     let started = Instant::now();
     let err = unpack_layer(MultiGzDecoder::new(&bomb[..]), &root, &UnpackOptions::default()).unwrap_err();
     assert!(
-        matches!(err, UnpackError::TooLarge { ref path, size, limit } if path == "bomb" && size == 10 * GIB && limit < 64 * MIB),
+        matches!(err, UnpackError::NoSpace { ref path, size, free, reserve, .. } if path == "bomb" && size == 10 * GIB && free < 64 * MIB && reserve == 64 * MIB),
         "{err}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(!root.join("bomb").exists());
 
-    // 40 MiB fits in 64 MiB; a second 40 MiB does not (and leaves the reserve alone).
+    // With a 5% reserve: 40 MiB fits in 64 MiB; a second 40 MiB does not (and leaves the
+    // reserve alone).
+    let small_reserve = UnpackOptions {
+        limits: Limits { free_space_reserve_bytes: 0, free_space_reserve_percent: 5, ..Limits::default() },
+        ..UnpackOptions::default()
+    };
     let chunk = vec![1u8; 40 * MIB as usize];
     let tar = Tar::new().file("a", &chunk).file("b", &chunk).finish();
-    let err = unpack_layer(&tar[..], &root, &UnpackOptions::default()).unwrap_err();
+    let err = unpack_layer(&tar[..], &root, &small_reserve).unwrap_err();
     match err {
-        UnpackError::TooLarge { ref path, size, limit } => {
+        UnpackError::NoSpace { ref path, size, free, .. } => {
             assert_eq!((path.as_str(), size), ("b", 40 * MIB));
-            assert!(limit < 24 * MIB, "limit {limit}");
+            assert!(free < 24 * MIB, "free {free}");
         }
         ref other => panic!("unexpected {other}"),
     }
     assert_eq!(fs::metadata(root.join("a")).unwrap().len(), 40 * MIB);
     assert!(!root.join("b").exists());
     let vfs = rustix::fs::statvfs(&root).unwrap();
-    assert!(vfs.f_bavail * vfs.f_frsize >= (64 * MIB / 20).min(FREE_SPACE_RESERVE_MAX));
+    assert!(vfs.f_bavail * vfs.f_frsize >= 64 * MIB / 20);
+    drop(fs_);
+    s.assert_outside_untouched();
+}
+
+/// Fills the filesystem behind the unpacker's back once `after` bytes were read (a concurrent
+/// layer unpack, or anything else writing there).
+struct FillsTheFsMidway<'a> {
+    inner: &'a [u8],
+    read: u64,
+    after: u64,
+    filler: Option<(PathBuf, usize)>,
+}
+
+impl std::io::Read for FillsTheFsMidway<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.read >= self.after {
+            if let Some((path, len)) = self.filler.take() {
+                fs::write(path, vec![9u8; len]).unwrap();
+            }
+        }
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+#[test]
+fn free_space_is_checked_again_while_a_file_is_written() {
+    let s = Sandbox::new();
+    let fs_ = Tmpfs::mount(s.tmp.path().join("small"), "64m");
+    let root = fs_.0.join("root");
+    fs::create_dir(&root).unwrap();
+    let limits = Limits { free_space_reserve_bytes: 4 * MIB, free_space_reserve_percent: 0, ..Limits::default() };
+    // 40 MiB fit when the file starts; 30 MiB written elsewhere after its first 4 MiB leave no
+    // room for the rest: the unpack stops there, above the reserve, not at ENOSPC.
+    let data = vec![1u8; 40 * MIB as usize];
+    let tar = Tar::new().file("big", &data).finish();
+    let reader = FillsTheFsMidway {
+        inner: &tar,
+        read: 0,
+        after: 4 * MIB,
+        filler: Some((fs_.0.join("filler"), 30 * MIB as usize)),
+    };
+    let err = unpack_layer(reader, &root, &UnpackOptions { limits, ..UnpackOptions::default() }).unwrap_err();
+    assert!(
+        matches!(err, UnpackError::NoSpace { ref path, what, reserve, .. } if path == "big" && what == "the rest of this file" && reserve == 4 * MIB),
+        "{err}"
+    );
+    let vfs = rustix::fs::statvfs(&root).unwrap();
+    assert!(
+        vfs.f_bavail * vfs.f_frsize >= 4 * MIB - MIB,
+        "the reserve was eaten: {} bytes free",
+        vfs.f_bavail * vfs.f_frsize
+    );
     drop(fs_);
     s.assert_outside_untouched();
 }

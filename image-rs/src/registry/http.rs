@@ -6,7 +6,12 @@
 //! `WWW-Authenticate` realm), with tokens cached per registry and repository.
 //!
 //! Every response body is read with a size bound: a hostile registry cannot
-//! make us buffer more than the caller allows. Credentials are never logged.
+//! make us buffer more than the caller allows. Credentials are never logged,
+//! and never sent to a host they do not belong to: a token realm gets them
+//! only over https (or on the insecure registry's own host, see
+//! [`realm_may_receive_credentials`]), and a redirect to another host (a
+//! blob CDN) never carries the `Authorization` header (reqwest drops it on
+//! any change of scheme, host or port; `tests/pull_hostile_network.rs` pins it).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -243,15 +248,35 @@ impl Distribution {
                     q.append_pair("scope", &format!("repository:{repository}:pull"));
                 }
                 let mut req = self.http.get(token_url.clone());
-                if let Some(c) = creds {
-                    req = req.basic_auth(&c.username, Some(&c.password));
-                }
+                let registry_insecure = self.insecure_hosts.contains(registry);
+                let withheld = match creds {
+                    Some(c) if realm_may_receive_credentials(api_host(registry), registry_insecure, &token_url) => {
+                        req = req.basic_auth(&c.username, Some(&c.password));
+                        false
+                    }
+                    Some(_) => {
+                        tracing::warn!(
+                            registry,
+                            realm = %token_url.origin().ascii_serialization(),
+                            "token realm is plain http on another host: asking for an anonymous token, credentials withheld"
+                        );
+                        true
+                    }
+                    None => false,
+                };
                 let resp = req.send().await.map_err(|e| RegistryError::transport(token_url.as_str(), e))?;
                 let status = resp.status();
                 if !status.is_success() {
+                    let why = if withheld {
+                        format!(
+                            " (the credentials of {registry} were not sent: the realm is plain http on another host)"
+                        )
+                    } else {
+                        String::new()
+                    };
                     return Err(RegistryError::Unauthorized {
                         url: url.to_owned(),
-                        reason: format!("token server {} answered {status}", token_url.host_str().unwrap_or("?")),
+                        reason: format!("token server {} answered {status}{why}", token_url.host_str().unwrap_or("?")),
                     });
                 }
                 let body = read_limited(resp, TOKEN_RESPONSE_LIMIT).await?;
@@ -274,6 +299,28 @@ impl Distribution {
                 reason: format!("unsupported authentication scheme {other:?}"),
             }),
         }
+    }
+}
+
+/// Whether a registry's credentials may be sent to its Bearer token `realm`.
+/// Over https, yes (Docker Hub's realm is auth.docker.io: another host by
+/// design, and TLS authenticates it). Over plain http only to the registry's
+/// own host (any port), and only when that registry is itself explicitly
+/// insecure: the credentials then cross the same untrusted network to the
+/// same machine that Basic auth would send them to; never to another host.
+pub(crate) fn realm_may_receive_credentials(
+    registry_host: &str,
+    registry_insecure: bool,
+    realm: &reqwest::Url,
+) -> bool {
+    match realm.scheme() {
+        "https" => true,
+        "http" => {
+            let registry_url = reqwest::Url::parse(&format!("http://{registry_host}/")).ok();
+            let registry_host = registry_url.as_ref().and_then(|u| u.host_str());
+            registry_insecure && registry_host.is_some() && registry_host == realm.host_str()
+        }
+        _ => false,
     }
 }
 
@@ -378,6 +425,23 @@ mod tests {
         let opts = HttpOptions { extra_ca_pems: vec![b"not a certificate".to_vec()], ..HttpOptions::default() };
         let err = Distribution::new(opts).err().expect("refused").to_string();
         assert!(err.contains("extra CA certificate file #1"), "{err}");
+    }
+
+    #[test]
+    fn credentials_reach_a_token_realm_only_over_https_or_on_the_insecure_registry_host() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        // https: any host (TLS authenticates the realm).
+        assert!(realm_may_receive_credentials("reg.example", false, &url("https://auth.example/token")));
+        assert!(realm_may_receive_credentials("127.0.0.1:5000", true, &url("https://127.0.0.2/token")));
+        // Plain http to another host: never, insecure registry or not.
+        assert!(!realm_may_receive_credentials("127.0.0.1:5000", true, &url("http://127.0.0.2:5000/token")));
+        assert!(!realm_may_receive_credentials("reg.example", true, &url("http://auth.example/token")));
+        assert!(!realm_may_receive_credentials("reg.example", true, &url("http://reg.example.evil/token")));
+        // Plain http on the registry's own host: only when the registry is explicitly insecure.
+        assert!(realm_may_receive_credentials("127.0.0.1:5000", true, &url("http://127.0.0.1:5001/token")));
+        assert!(realm_may_receive_credentials("Reg.Example:443", true, &url("http://reg.example/token")));
+        assert!(!realm_may_receive_credentials("reg.example", false, &url("http://reg.example/token")));
+        assert!(!realm_may_receive_credentials("reg.example", true, &url("ftp://reg.example/token")));
     }
 
     #[test]

@@ -14,7 +14,6 @@ use rustix::io::Errno;
 use tracing::debug;
 
 use super::error::{io_err, show, unsafe_path, UnpackError};
-use super::limits::check_free_space;
 use super::meta::{apply_at, apply_fd, DirTimes, Meta, Times};
 use super::path::{open_child_dir, open_dir_in_root, open_or_create_dir, EntryPath};
 use super::whiteout::{lookup, Lookup};
@@ -155,7 +154,7 @@ impl Unpacker {
         let name = path.name_or_err(shown)?;
         let size = entry.size();
         self.budget.check_declared(shown, size)?;
-        check_free_space(self.root.as_fd(), shown, size)?;
+        self.space.check_file(self.root.as_fd(), shown, size, self.budget.used())?;
         let parent = self.parent_dir(path.parent(), shown)?;
         self.replace(parent.as_fd(), path, shown)?;
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -179,6 +178,7 @@ impl Unpacker {
                 file.write_all(chunk).map_err(io_err(shown, "write"))?;
             }
             written += n as u64;
+            self.space.written(self.root.as_fd(), shown, n as u64, size.saturating_sub(written))?;
         }
         if written != size {
             return Err(UnpackError::Truncated {

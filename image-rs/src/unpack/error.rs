@@ -21,6 +21,11 @@ pub enum UnpackError {
     #[error("{path:?}: {size} bytes exceed the limit of {limit} bytes")]
     TooLarge { path: String, size: u64, limit: u64 },
 
+    /// Writing `size` more bytes would eat into the reserve kept free on the store's filesystem
+    /// (see [`super::Limits::free_space_reserve_bytes`]).
+    #[error("{path:?}: {what} need {size} bytes, but only {free} bytes are free on the store's filesystem above the {reserve}-byte reserve")]
+    NoSpace { path: String, what: &'static str, size: u64, free: u64, reserve: u64 },
+
     /// The layer has more entries than [`super::Limits::max_entries`].
     #[error("{path:?}: layer has more than {limit} entries")]
     TooManyEntries { path: String, limit: u64 },
@@ -76,6 +81,7 @@ impl UnpackError {
         match self {
             UnpackError::UnsafePath { path, .. }
             | UnpackError::TooLarge { path, .. }
+            | UnpackError::NoSpace { path, .. }
             | UnpackError::TooManyEntries { path, .. }
             | UnpackError::PathTooLong { path, .. }
             | UnpackError::LimitExceeded { path, .. }

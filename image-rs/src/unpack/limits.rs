@@ -1,6 +1,7 @@
 //! Bounds on what a hostile layer can make us do: bytes written, entries, name lengths,
 //! extended attributes, the memory the tar parser allocates for extension headers, and the
-//! free space left on the target filesystem.
+//! free space left on the target filesystem (checked before each file and while it is written,
+//! holes counted, so a decompression bomb cannot fill the guest's tmpfs, i.e. its RAM).
 
 use std::cell::Cell;
 use std::io::{self, Read};
@@ -9,10 +10,14 @@ use std::rc::Rc;
 
 use super::error::{io_err, UnpackError};
 
-/// Free space always left on the target filesystem: the smaller of this and 5% of its size.
-pub const FREE_SPACE_RESERVE_MAX: u64 = 64 << 20;
-/// Share of the filesystem size kept free (when smaller than [`FREE_SPACE_RESERVE_MAX`]).
+/// Free space always left on the target filesystem: at least this many bytes...
+pub const FREE_SPACE_RESERVE_MIN: u64 = 64 << 20;
+/// ... or this share of the filesystem's size, whichever is larger.
 pub const FREE_SPACE_RESERVE_PERCENT: u64 = 5;
+
+/// While a file is written, the free space is checked again every this many bytes, so that
+/// concurrent unpacks (or anything else filling the filesystem) stop before it is full.
+const FREE_SPACE_CHECK_EVERY: u64 = 1 << 20;
 
 /// Slack, on top of names and xattrs, allowed for the headers and other records (times, ids,
 /// sparse maps) the tar parser reads between two entries.
@@ -30,11 +35,22 @@ pub struct Limits {
     pub max_path_len: usize,
     /// Total size (names + values) of the extended attributes of one entry.
     pub max_xattr_bytes: usize,
+    /// Free space kept on the target filesystem: the larger of this many bytes and
+    /// [`Self::free_space_reserve_percent`] of its size.
+    pub free_space_reserve_bytes: u64,
+    pub free_space_reserve_percent: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_bytes: u64::MAX, max_entries: 1_000_000, max_path_len: 4096, max_xattr_bytes: 64 << 10 }
+        Limits {
+            max_bytes: u64::MAX,
+            max_entries: 1_000_000,
+            max_path_len: 4096,
+            max_xattr_bytes: 64 << 10,
+            free_space_reserve_bytes: FREE_SPACE_RESERVE_MIN,
+            free_space_reserve_percent: FREE_SPACE_RESERVE_PERCENT,
+        }
     }
 }
 
@@ -93,27 +109,102 @@ impl ByteBudget {
 }
 
 /// Reserve kept free on a filesystem of `total` bytes.
-pub(crate) fn free_space_reserve(total: u64) -> u64 {
-    (total / 100).saturating_mul(FREE_SPACE_RESERVE_PERCENT).min(FREE_SPACE_RESERVE_MAX)
+pub(crate) fn free_space_reserve(limits: &Limits, total: u64) -> u64 {
+    (total / 100).saturating_mul(limits.free_space_reserve_percent.min(100)).max(limits.free_space_reserve_bytes)
 }
 
-/// Refuses a file of `size` bytes if it would eat into the reserve of the filesystem holding
-/// `fs`. Filesystems that report no size (`f_blocks == 0`, e.g. some FUSE mounts) are not checked.
-pub(crate) fn check_free_space(fs: BorrowedFd<'_>, path: &str, size: u64) -> Result<(), UnpackError> {
-    if size == 0 {
-        return Ok(());
-    }
+/// The free-space guard of one unpack. Zero-filled data is written as holes, so the space a
+/// layer really takes says nothing about what a decompression bomb costs: the layer's file
+/// bytes, holes included, may not exceed what was free (above the reserve) when it started.
+/// On top of that, every file is checked before it is created and again every
+/// [`FREE_SPACE_CHECK_EVERY`] bytes while it is written, against the space free right then.
+/// Filesystems that report no size (`f_blocks == 0`, e.g. some FUSE mounts) are not checked.
+#[derive(Debug)]
+pub(crate) struct FreeSpace {
+    limits: Limits,
+    /// Bytes free above the reserve when the unpack started; `None` when not checked.
+    layer_allowance: Option<u64>,
+    unchecked: u64,
+}
+
+/// (bytes free above the reserve, reserve), or `None` for a filesystem without a size.
+fn free_above_reserve(limits: &Limits, fs: BorrowedFd<'_>, path: &str) -> Result<Option<(u64, u64)>, UnpackError> {
     let vfs = rustix::fs::fstatvfs(fs).map_err(io_err(path, "statvfs of the layer filesystem for"))?;
     if vfs.f_blocks == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let total = vfs.f_blocks.saturating_mul(vfs.f_frsize);
     let avail = vfs.f_bavail.saturating_mul(vfs.f_frsize);
-    let allowed = avail.saturating_sub(free_space_reserve(total));
-    if size > allowed {
-        return Err(UnpackError::TooLarge { path: path.to_owned(), size, limit: allowed });
+    let reserve = free_space_reserve(limits, total);
+    Ok(Some((avail.saturating_sub(reserve), reserve)))
+}
+
+impl FreeSpace {
+    pub(crate) fn new(limits: &Limits, fs: BorrowedFd<'_>) -> Result<Self, UnpackError> {
+        let layer_allowance = free_above_reserve(limits, fs, "(layer root)")?.map(|(free, _)| free);
+        Ok(FreeSpace { limits: *limits, layer_allowance, unchecked: 0 })
     }
-    Ok(())
+
+    fn free_now(&self, fs: BorrowedFd<'_>, path: &str) -> Result<Option<(u64, u64)>, UnpackError> {
+        free_above_reserve(&self.limits, fs, path)
+    }
+
+    /// Before a file of `size` bytes is created; `layer_used` bytes of this layer are written.
+    pub(crate) fn check_file(
+        &mut self,
+        fs: BorrowedFd<'_>,
+        path: &str,
+        size: u64,
+        layer_used: u64,
+    ) -> Result<(), UnpackError> {
+        if size == 0 {
+            return Ok(());
+        }
+        let Some((free, reserve)) = self.free_now(fs, path)? else { return Ok(()) };
+        if size > free {
+            return Err(UnpackError::NoSpace { path: path.to_owned(), what: "this file", size, free, reserve });
+        }
+        if let Some(allowance) = self.layer_allowance {
+            let total = layer_used.saturating_add(size);
+            if total > allowance {
+                return Err(UnpackError::NoSpace {
+                    path: path.to_owned(),
+                    what: "the layer's files so far (zero-filled holes included)",
+                    size: total,
+                    free: allowance,
+                    reserve,
+                });
+            }
+        }
+        self.unchecked = 0;
+        Ok(())
+    }
+
+    /// After `n` more bytes of a file were written, `remaining` still to come.
+    pub(crate) fn written(
+        &mut self,
+        fs: BorrowedFd<'_>,
+        path: &str,
+        n: u64,
+        remaining: u64,
+    ) -> Result<(), UnpackError> {
+        self.unchecked = self.unchecked.saturating_add(n);
+        if self.unchecked < FREE_SPACE_CHECK_EVERY {
+            return Ok(());
+        }
+        self.unchecked = 0;
+        let Some((free, reserve)) = self.free_now(fs, path)? else { return Ok(()) };
+        if remaining > free {
+            return Err(UnpackError::NoSpace {
+                path: path.to_owned(),
+                what: "the rest of this file",
+                size: remaining,
+                free,
+                reserve,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Shared state between [`GuardedReader`] and the unpack loop.
@@ -209,11 +300,15 @@ mod tests {
     }
 
     #[test]
-    fn free_space_reserve_is_five_percent_capped_at_64_mib() {
-        assert_eq!(free_space_reserve(100 << 20), 5 << 20);
-        assert_eq!(free_space_reserve(100 << 30), 64 << 20);
-        assert_eq!(free_space_reserve(0), 0);
-        assert_eq!(free_space_reserve(u64::MAX), 64 << 20);
+    fn free_space_reserve_is_the_larger_of_five_percent_and_64_mib() {
+        let l = Limits::default();
+        assert_eq!(free_space_reserve(&l, 100 << 20), 64 << 20);
+        assert_eq!(free_space_reserve(&l, 100 << 30), 5 << 30);
+        assert_eq!(free_space_reserve(&l, 0), 64 << 20);
+        assert_eq!(free_space_reserve(&l, u64::MAX), u64::MAX / 100 * 5);
+        let small = Limits { free_space_reserve_bytes: 1 << 20, free_space_reserve_percent: 10, ..l };
+        assert_eq!(free_space_reserve(&small, 64 << 20), (64 << 20) / 100 * 10);
+        assert_eq!(free_space_reserve(&small, 4 << 20), 1 << 20);
     }
 
     #[test]

@@ -47,8 +47,10 @@
 //! # Limits
 //! [`Limits`] bounds entries, name lengths, xattr bytes and file bytes. Every regular file is
 //! checked against the remaining byte budget and the free space of the target filesystem, minus
-//! a reserve of 5% of its size capped at 64 MiB, **before** it is created; bytes are counted
-//! again while they are written. The tar parser buffers long names and PAX records whole, so the
+//! a reserve (by default the larger of 64 MiB and 5% of its size), **before** it is created;
+//! bytes are counted again while they are written, and the free space is checked again every
+//! MiB. A layer's file bytes, zero-filled holes included, may not exceed what was free above
+//! the reserve when it started, so a zeros bomb stops after that much decompression. The tar parser buffers long names and PAX records whole, so the
 //! reader it gets refuses to deliver more than a bounded amount between two entries.
 //!
 //! The tar stream is read only up to the end-of-archive marker: the caller drains the rest (for
@@ -74,10 +76,10 @@ use tracing::{debug, info, warn};
 
 pub use error::UnpackError;
 pub use flatten::flatten_layers;
-pub use limits::{Limits, FREE_SPACE_RESERVE_MAX, FREE_SPACE_RESERVE_PERCENT};
+pub use limits::{Limits, FREE_SPACE_RESERVE_MIN, FREE_SPACE_RESERVE_PERCENT};
 
 use error::{invalid_header, show, unsafe_path};
-use limits::{ByteBudget, GuardedReader, StreamState};
+use limits::{ByteBudget, FreeSpace, GuardedReader, StreamState};
 use meta::{meta_from_entry, DirTimes};
 use path::{open_dir_path, EntryPath};
 use whiteout::{classify, Class};
@@ -162,6 +164,7 @@ pub(crate) struct Unpacker {
     chown: bool,
     stats: UnpackStats,
     budget: ByteBudget,
+    space: FreeSpace,
     dir_times: DirTimes,
     buf: Vec<u8>,
 }
@@ -170,13 +173,16 @@ pub(crate) struct Unpacker {
 /// format. Reads `tar` up to the end-of-archive marker and no further.
 pub fn unpack_layer<R: Read>(tar: R, root: &Path, opts: &UnpackOptions) -> Result<UnpackStats, UnpackError> {
     let lowers = Lowers { paths: opts.lower_roots.to_vec(), gate: opts.lower_gate.clone(), fds: None };
+    let root = open_dir_path(root)?;
+    let space = FreeSpace::new(&opts.limits, root.as_fd())?;
     let mut u = Unpacker {
-        root: open_dir_path(root)?,
+        root,
         lowers,
         limits: opts.limits,
         chown: opts.preserve_ownership,
         stats: UnpackStats::default(),
         budget: ByteBudget::new(opts.limits.max_bytes),
+        space,
         dir_times: DirTimes::default(),
         buf: vec![0; COPY_BUFFER],
     };

@@ -6,6 +6,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cli;
+pub mod fake_registry;
 pub mod http;
 pub mod layout;
 pub mod proxy;
