@@ -149,12 +149,12 @@ fn refuses_files_larger_than_free_space_minus_reserve() {
     fs::create_dir(&root).unwrap();
 
     // Default limits (no byte budget): the 10 GiB bomb is refused by the free-space check (the
-    // default reserve, 64 MiB, leaves nothing of a 64 MiB filesystem).
+    // default reserve is 5% of the 64 MiB filesystem).
     let bomb = gzip_tar_bomb();
     let started = Instant::now();
     let err = unpack_layer(MultiGzDecoder::new(&bomb[..]), &root, &UnpackOptions::default()).unwrap_err();
     assert!(
-        matches!(err, UnpackError::NoSpace { ref path, size, free, reserve, .. } if path == "bomb" && size == 10 * GIB && free < 64 * MIB && reserve == 64 * MIB),
+        matches!(err, UnpackError::NoSpace { ref path, size, free, reserve, .. } if path == "bomb" && size == 10 * GIB && free < 64 * MIB && reserve == 64 * MIB / 100 * 5),
         "{err}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -163,7 +163,7 @@ fn refuses_files_larger_than_free_space_minus_reserve() {
     // With a 5% reserve: 40 MiB fits in 64 MiB; a second 40 MiB does not (and leaves the
     // reserve alone).
     let small_reserve = UnpackOptions {
-        limits: Limits { free_space_reserve_bytes: 0, free_space_reserve_percent: 5, ..Limits::default() },
+        limits: Limits { free_space_reserve_bytes: u64::MAX, free_space_reserve_percent: 5, ..Limits::default() },
         ..UnpackOptions::default()
     };
     let chunk = vec![1u8; 40 * MIB as usize];
@@ -212,7 +212,7 @@ fn free_space_is_checked_again_while_a_file_is_written() {
     let fs_ = Tmpfs::mount(s.tmp.path().join("small"), "64m");
     let root = fs_.0.join("root");
     fs::create_dir(&root).unwrap();
-    let limits = Limits { free_space_reserve_bytes: 4 * MIB, free_space_reserve_percent: 0, ..Limits::default() };
+    let limits = Limits { free_space_reserve_bytes: 4 * MIB, free_space_reserve_percent: 100, ..Limits::default() };
     // 40 MiB fit when the file starts; 30 MiB written elsewhere after its first 4 MiB leave no
     // room for the rest: the unpack stops there, above the reserve, not at ENOSPC.
     let data = vec![1u8; 40 * MIB as usize];

@@ -75,8 +75,9 @@ impl Guest {
 
     fn start_agent(&mut self) {
         let toml = format!(
-            "[token_configs.kbs]\nurl = \"{}\"\n\n[attester]\ntype = \"sample\"\n\n[server]\nsocket = \"{}\"\n\n\
-             [measurement]\neventlog = \"{}\"\n",
+            // The test KBS speaks plain http on loopback: opted in explicitly.
+            "[token_configs.kbs]\nurl = \"{}\"\ninsecure_http = true\n\n[attester]\ntype = \"sample\"\n\n\
+             [server]\nsocket = \"{}\"\n\n[measurement]\neventlog = \"{}\"\n",
             self.kbs().url(),
             self.aa_addr,
             self.eventlog.display()

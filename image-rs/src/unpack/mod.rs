@@ -76,7 +76,7 @@ use tracing::{debug, info, warn};
 
 pub use error::UnpackError;
 pub use flatten::flatten_layers;
-pub use limits::{Limits, FREE_SPACE_RESERVE_MIN, FREE_SPACE_RESERVE_PERCENT};
+pub use limits::{Limits, FREE_SPACE_RESERVE_MAX, FREE_SPACE_RESERVE_PERCENT};
 
 use error::{invalid_header, show, unsafe_path};
 use limits::{ByteBudget, FreeSpace, GuardedReader, StreamState};
