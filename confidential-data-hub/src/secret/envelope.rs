@@ -220,110 +220,60 @@ pub(crate) mod tests {
         err
     }
 
-    fn b64_bytes(m: &Map<String, Value>, field: &str) -> Vec<u8> {
-        STANDARD.decode(m[field].as_str().unwrap()).unwrap()
+    type Edit = Box<dyn FnOnce(&mut Map<String, Value>)>;
+
+    /// Sets `field` to `value`.
+    fn set(field: &'static str, value: impl Into<Value>) -> Edit {
+        let value = value.into();
+        Box::new(move |m| drop(m.insert(field.into(), value)))
+    }
+
+    /// Edits the decoded bytes of the base64 `field` (a re-signed tampering).
+    fn bytes(field: &'static str, edit: fn(&mut Vec<u8>)) -> Edit {
+        Box::new(move |m| {
+            let mut b = STANDARD.decode(m[field].as_str().unwrap()).unwrap();
+            edit(&mut b);
+            m.insert(field.into(), STANDARD.encode(b).into());
+        })
     }
 
     #[tokio::test]
     async fn mangled_envelopes_are_refused_naming_the_cause() {
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut Map<String, Value>)>, &str)> = vec![
+        let b64 = |b: &[u8]| STANDARD.encode(b);
+        let cases: Vec<(&str, Edit, &str)> = vec![
+            ("bad base64 key", set("encrypted_key", "!!!"), "encrypted_key is not base64"),
+            ("bad base64 data", set("encrypted_data", "a=b"), "encrypted_data is not base64"),
+            ("bad base64 iv", set("iv", "@@@@"), "iv is not base64"),
+            ("short iv", set("iv", b64(&[0; 8])), "iv is 8 bytes, A256GCM needs 12"),
+            ("no key iv", set("annotations", serde_json::json!({})), "annotations.iv"),
+            ("key iv not a string", set("annotations", serde_json::json!({"iv": 5})), "annotations.iv is not a string"),
             (
-                "bad base64 key",
-                Box::new(|m| drop(m.insert("encrypted_key".into(), "!!!".into()))),
-                "encrypted_key is not base64",
+                "short key iv",
+                set("annotations", serde_json::json!({"iv": b64(&[0; 16])})),
+                "annotations.iv is 16 bytes",
             ),
-            (
-                "bad base64 data",
-                Box::new(|m| drop(m.insert("encrypted_data".into(), "a=b".into()))),
-                "encrypted_data is not base64",
-            ),
-            ("bad base64 iv", Box::new(|m| drop(m.insert("iv".into(), "@@@@".into()))), "iv is not base64"),
-            (
-                "short iv",
-                Box::new(|m| drop(m.insert("iv".into(), STANDARD.encode([0u8; 8]).into()))),
-                "iv is 8 bytes, A256GCM needs 12",
-            ),
-            ("no key iv", Box::new(|m| drop(m.insert("annotations".into(), serde_json::json!({})))), "annotations.iv"),
-            (
-                "key iv not a string",
-                Box::new(|m| drop(m.insert("annotations".into(), serde_json::json!({"iv": 5})))),
-                "annotations.iv is not a string",
-            ),
-            (
-                "truncated data",
-                Box::new(|m| {
-                    let mut d = b64_bytes(m, "encrypted_data");
-                    d.truncate(d.len() - 3);
-                    m.insert("encrypted_data".into(), STANDARD.encode(d).into());
-                }),
-                "encrypted_data does not open with its data key",
-            ),
-            (
-                "data shorter than a tag",
-                Box::new(|m| drop(m.insert("encrypted_data".into(), STANDARD.encode([1u8; 5]).into()))),
-                "shorter than its 16-byte tag",
-            ),
-            (
-                "wrong tag",
-                Box::new(|m| {
-                    let mut d = b64_bytes(m, "encrypted_data");
-                    let last = d.len() - 1;
-                    d[last] ^= 1;
-                    m.insert("encrypted_data".into(), STANDARD.encode(d).into());
-                }),
-                "encrypted_data does not open with its data key",
-            ),
+            ("truncated data", bytes("encrypted_data", |d| d.truncate(d.len() - 3)), "encrypted_data does not open"),
+            ("data shorter than a tag", set("encrypted_data", b64(&[1; 5])), "shorter than its 16-byte tag"),
+            ("wrong tag", bytes("encrypted_data", |d| *d.last_mut().unwrap() ^= 1), "encrypted_data does not open"),
             (
                 "flipped wrapped key",
-                Box::new(|m| {
-                    let mut k = b64_bytes(m, "encrypted_key");
-                    k[0] ^= 0x80;
-                    m.insert("encrypted_key".into(), STANDARD.encode(k).into());
-                }),
+                bytes("encrypted_key", |k| k[0] ^= 0x80),
                 "encrypted_key does not open under kbs:///default/kek/1",
             ),
-            (
-                "truncated wrapped key",
-                Box::new(|m| drop(m.insert("encrypted_key".into(), STANDARD.encode([0u8; 40]).into()))),
-                "encrypted_key is 40 bytes",
-            ),
+            ("truncated wrapped key", set("encrypted_key", b64(&[0; 40])), "encrypted_key is 40 bytes"),
             (
                 "wrong kek",
-                Box::new(|m| drop(m.insert("key_id".into(), "kbs:///default/kek/other".into()))),
+                set("key_id", "kbs:///default/kek/other"),
                 "encrypted_key does not open under kbs:///default/kek/other",
             ),
-            (
-                "short kek",
-                Box::new(|m| drop(m.insert("key_id".into(), "kbs:///default/kek/short".into()))),
-                "kbs:///default/kek/short is 16 bytes",
-            ),
-            (
-                "missing kek",
-                Box::new(|m| drop(m.insert("key_id".into(), "kbs:///default/kek/none".into()))),
-                "kbs:///default/kek/none",
-            ),
-            (
-                "local key id",
-                Box::new(|m| drop(m.insert("key_id".into(), "/etc/kek".into()))),
-                "key_id \"/etc/kek\" is not a kbs:/// URI",
-            ),
-            (
-                "ctr",
-                Box::new(|m| drop(m.insert("wrap_type".into(), "A256CTR".into()))),
-                "wrap_type \"A256CTR\" is not supported",
-            ),
-            (
-                "aliyun",
-                Box::new(|m| drop(m.insert("provider".into(), "aliyun".into()))),
-                "provider \"aliyun\" is not supported",
-            ),
-            (
-                "ehsm",
-                Box::new(|m| drop(m.insert("provider".into(), "ehsm".into()))),
-                "provider \"ehsm\" is not supported",
-            ),
-            ("no key_id", Box::new(|m| drop(m.remove("key_id"))), "key_id"),
-            ("wrap_type a number", Box::new(|m| drop(m.insert("wrap_type".into(), 1.into()))), "payload"),
+            ("short kek", set("key_id", "kbs:///default/kek/short"), "kbs:///default/kek/short is 16 bytes"),
+            ("missing kek", set("key_id", "kbs:///default/kek/none"), "kbs:///default/kek/none"),
+            ("local key id", set("key_id", "/etc/kek"), "key_id \"/etc/kek\" is not a kbs:/// URI"),
+            ("ctr", set("wrap_type", "A256CTR"), "wrap_type \"A256CTR\" is not supported"),
+            ("aliyun", set("provider", "aliyun"), "provider \"aliyun\" is not supported"),
+            ("ehsm", set("provider", "ehsm"), "provider \"ehsm\" is not supported"),
+            ("no key_id", Box::new(|m| drop(m.remove("key_id"))), "missing field `key_id`"),
+            ("wrap_type a number", set("wrap_type", 1), "envelope payload: invalid type"),
         ];
         for (what, edit, want) in cases {
             let e = refusal(edit).await.to_string();

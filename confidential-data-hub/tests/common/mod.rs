@@ -5,6 +5,9 @@
 //! Registries and images come from image-rs's fixtures (`support`).
 #![allow(dead_code)]
 
+pub mod gpg;
+pub mod images;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -75,7 +78,7 @@ impl Guest {
 
     fn start_agent(&mut self) {
         let toml = format!(
-            "[token_configs.kbs]\nurl = \"{}\"\n\n[attester]\ntype = \"sample\"\n\n[server]\nsocket = \"{}\"\n\n\
+            "[token_configs.kbs]\nurl = \"{}\"\ninsecure_http = true\n\n[attester]\ntype = \"sample\"\n\n[server]\nsocket = \"{}\"\n\n\
              [measurement]\neventlog = \"{}\"\n",
             self.kbs().url(),
             self.aa_addr,
