@@ -4,7 +4,8 @@
 //! and are undone when anything after the pull fails. Resources come from the
 //! KBS through the attestation-agent; the TEE key never leaves the agent.
 //!
-//! Sealed secrets (vault type) are verified and resolved the same way.
+//! Sealed secrets (vault and envelope types, provider kbs) are verified and
+//! resolved the same way: an envelope's KEK is a KBS resource.
 //!
 //! Never logs resource bytes; never leaves a bundle behind on a failed pull.
 
@@ -131,13 +132,14 @@ impl Hub {
         Ok(pulled)
     }
 
-    /// UnsealSecret: a signed vault secret whose value lives in the KBS.
+    /// UnsealSecret: a signed vault secret whose value lives in the KBS, or a
+    /// signed envelope whose data key is wrapped by a KEK the KBS holds.
     pub async fn unseal_secret(&self, sealed: &[u8]) -> Result<Secret, HubError> {
         use crate::secret::SealedError;
         secret::unseal(sealed, self.keys.as_ref()).await.map_err(|e| {
             let code = match &e {
                 SealedError::Malformed(_) => ttrpc::Code::INVALID_ARGUMENT,
-                SealedError::Signature(_) => ttrpc::Code::PERMISSION_DENIED,
+                SealedError::Signature(_) | SealedError::Decrypt(_) => ttrpc::Code::PERMISSION_DENIED,
                 SealedError::Unsupported(_) => ttrpc::Code::UNIMPLEMENTED,
                 SealedError::Key { source, .. } | SealedError::Fetch { source, .. } => key_source_code(source),
             };

@@ -17,64 +17,12 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use common::gpg::Gpg;
+use common::images::{app_image, assert_app_rootfs, assert_refused, push_plain_and_encrypted, random_kek, KID};
 use common::{entries, prerequisites, release_bundle, serial, Cdh, Guest};
-use support::cli::{our_encrypt, p, pull_bin};
-use support::layout::{BuiltImage, Compression, ImageBuilder, LayerSpec, TarEntry};
+use support::cli::{p, pull_bin};
+use support::layout::{Compression, ImageBuilder, LayerSpec, TarEntry};
 use support::registry::{Registry, RegistryOptions};
-
-const KID: &str = "kbs:///default/key/1";
-
-fn app_image(seed: u64) -> BuiltImage {
-    ImageBuilder::new()
-        .layer(LayerSpec::entries(
-            vec![
-                TarEntry::dir("etc"),
-                TarEntry::file("etc/app.conf", "secret configuration\n"),
-                TarEntry::file("app/model.bin", support::tarball::noise(seed, 300_000)),
-            ],
-            Compression::Gzip,
-        ))
-        .layer(LayerSpec::entries(vec![TarEntry::file("app/VERSION", "2\n").owner(1000, 1000)], Compression::Zstd))
-        .cmd(&["/app/run"])
-        .build()
-}
-
-fn random_kek() -> Vec<u8> {
-    let mut kek = vec![0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut kek).unwrap();
-    kek
-}
-
-/// Pushes `img` as `app:plain` and, encrypted for the KEK `kek` (provider
-/// attestation-agent, kid KID), as `app:enc`.
-fn push_plain_and_encrypted(reg: &Registry, img: &BuiltImage, kek: &[u8], scratch: &Path) {
-    let plain = scratch.join("plain");
-    img.write_to_layout(&plain, "t");
-    reg.push_oci_layout(&plain, "t", "app:plain");
-    let kek_file = scratch.join("kek.bin");
-    std::fs::write(&kek_file, kek).unwrap();
-    let enc = scratch.join("enc");
-    our_encrypt(&plain, &enc, &[format!("provider:attestation-agent:{KID}:{}", p(&kek_file))]);
-    reg.push_oci_layout(&enc, "t", "app:enc");
-}
-
-#[track_caller]
-fn assert_app_rootfs(bundle: &Path) {
-    assert_eq!(std::fs::read_to_string(bundle.join("rootfs/etc/app.conf")).unwrap(), "secret configuration\n");
-    assert_eq!(std::fs::read_to_string(bundle.join("rootfs/app/VERSION")).unwrap(), "2\n");
-    assert!(bundle.join("config.json").is_file());
-}
-
-#[track_caller]
-fn assert_refused(result: Result<String, (ttrpc::Code, String)>, code: ttrpc::Code, wants: &[&str], bundle: &Path) {
-    let (got, message) = result.expect_err("the pull should have been refused");
-    println!("refused: {got:?}: {message}");
-    assert_eq!(got, code, "{message}");
-    for want in wants {
-        assert!(message.contains(want), "status lacks {want:?}: {message}");
-    }
-    assert!(!bundle.exists(), "a refused pull left {:?}", entries(bundle));
-}
 
 #[test]
 fn plain_and_encrypted_images_pull_through_the_cdh_and_are_measured() {
@@ -286,68 +234,6 @@ fn required_policy_refuses_unconfigured_pulls() {
     let b = dir.path().join("bundle");
     let r = guest.runtime.block_on(cdh.pull(&reg.reference("app:plain"), &b));
     assert_refused(r, ttrpc::Code::FAILED_PRECONDITION, &["signature policy", "required"], &b);
-}
-
-/// A throwaway GnuPG home with one ed25519 signing key.
-struct Gpg {
-    home: tempfile::TempDir,
-    fpr: String,
-}
-
-impl Gpg {
-    fn new() -> Gpg {
-        let home = tempfile::Builder::new().prefix("gpg-").tempdir_in("/tmp").unwrap();
-        let gpg = |args: &[&str]| {
-            support::run_ok(Command::new("gpg").env("GNUPGHOME", home.path()).args(["--batch"]).args(args)).stdout
-        };
-        gpg(&[
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase",
-            "",
-            "--quick-gen-key",
-            "cdh-test",
-            "ed25519",
-            "sign",
-            "never",
-        ]);
-        let listing = String::from_utf8(gpg(&["--with-colons", "--list-keys"])).unwrap();
-        let fpr = listing.lines().find_map(|l| l.strip_prefix("fpr:")).unwrap().trim_matches(':').to_owned();
-        Gpg { home, fpr }
-    }
-
-    fn public_key(&self) -> Vec<u8> {
-        support::run_ok(Command::new("gpg").env("GNUPGHOME", self.home.path()).args(["--export", &self.fpr])).stdout
-    }
-
-    /// Copies layout `src:t` to `reg/<repo_tag>`, signing into the lookaside `look`.
-    fn push_signed(&self, reg: &Registry, src: &Path, repo_tag: &str, look: &Path) {
-        let rd = tempfile::tempdir().unwrap();
-        let url = format!("file://{}", p(look));
-        std::fs::write(
-            rd.path().join("sign.yaml"),
-            format!("docker:\n  {}:\n    lookaside: {url}\n    lookaside-staging: {url}\n", reg.host()),
-        )
-        .unwrap();
-        support::run_ok(Command::new("skopeo").env("GNUPGHOME", self.home.path()).args([
-            "--insecure-policy",
-            "--registries.d",
-            p(rd.path()),
-            "copy",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            "--sign-by",
-            &self.fpr,
-            &format!("oci:{}:t", p(src)),
-            &format!("docker://{}/{repo_tag}", reg.host()),
-        ]));
-    }
-}
-
-impl Drop for Gpg {
-    fn drop(&mut self) {
-        let _ = Command::new("gpgconf").env("GNUPGHOME", self.home.path()).args(["--kill", "all"]).status();
-    }
 }
 
 #[test]

@@ -5,6 +5,9 @@
 //! Registries and images come from image-rs's fixtures (`support`).
 #![allow(dead_code)]
 
+pub mod gpg;
+pub mod images;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -75,9 +78,8 @@ impl Guest {
 
     fn start_agent(&mut self) {
         let toml = format!(
-            // The test KBS speaks plain http on loopback: opted in explicitly.
-            "[token_configs.kbs]\nurl = \"{}\"\ninsecure_http = true\n\n[attester]\ntype = \"sample\"\n\n\
-             [server]\nsocket = \"{}\"\n\n[measurement]\neventlog = \"{}\"\n",
+            "[token_configs.kbs]\nurl = \"{}\"\ninsecure_http = true\n\n[attester]\ntype = \"sample\"\n\n[server]\nsocket = \"{}\"\n\n\
+             [measurement]\neventlog = \"{}\"\n",
             self.kbs().url(),
             self.aa_addr,
             self.eventlog.display()

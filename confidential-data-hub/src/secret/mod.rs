@@ -1,8 +1,10 @@
 //! Sealed secrets (guest-components' format): `sealed.<header>.<payload>.<signature>`,
 //! a JWS (base64url, no padding) signed ES256 by the key named by the
-//! header's `kid`, whose payload is `{"version":"0.1.0","type":…}`. Only the
-//! `vault` type with provider `kbs` is served: the secret named by `name` (a
-//! `kbs:///` URI) is fetched from the KBS through the attestation-agent.
+//! header's `kid`, whose payload is `{"version":"0.1.0","type":…}`. Served
+//! with provider `kbs`: the `vault` type (the secret named by `name`, a
+//! `kbs:///` URI, is fetched from the KBS through the attestation-agent) and
+//! the `envelope` type ([`envelope`]: the data key is unwrapped with a KEK the
+//! KBS releases through the attestation-agent). Other providers are refused.
 //!
 //! The signature is always checked, against a P-256 JWK fetched from the KBS
 //! (`kid` must be a `kbs:///` URI), before anything of the payload is used;
@@ -14,6 +16,8 @@ use image_rs::keysource::{KeySource, KeySourceError, ResourceUri, Secret};
 use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
 use serde::Deserialize;
+
+mod envelope;
 
 /// Longest sealed secret accepted (they travel in pod specs).
 pub const MAX_SEALED_LEN: usize = 64 * 1024;
@@ -27,8 +31,10 @@ pub enum SealedError {
     Signature(String),
     #[error("sealed secret verification key {kid}: {source}")]
     Key { kid: String, source: KeySourceError },
-    #[error("sealed secret {0} is not supported (only type \"vault\" with provider \"kbs\")")]
+    #[error("sealed secret: {0}")]
     Unsupported(String),
+    #[error("sealed secret envelope: {0}")]
+    Decrypt(String),
     #[error("sealed secret {name}: {source}")]
     Fetch { name: String, source: KeySourceError },
 }
@@ -39,6 +45,7 @@ struct Header {
     kid: String,
 }
 
+/// What every payload carries; the rest depends on `type`.
 #[derive(Deserialize)]
 struct Payload {
     version: String,
@@ -46,7 +53,10 @@ struct Payload {
     kind: String,
     #[serde(default)]
     provider: String,
-    #[serde(default)]
+}
+
+#[derive(Deserialize)]
+struct VaultSecret {
     name: String,
 }
 
@@ -84,16 +94,34 @@ pub async fn unseal(sealed: &[u8], keys: &dyn KeySource) -> Result<Secret, Seale
     key.verify(format!("{header_b64}.{payload_b64}").as_bytes(), &sig)
         .map_err(|_| SealedError::Signature(format!("does not verify with {}", header.kid)))?;
 
-    let payload: Payload = serde_json::from_slice(&decode("payload", payload_b64)?)
+    let payload: serde_json::Value = serde_json::from_slice(&decode("payload", payload_b64)?)
         .map_err(|e| SealedError::Malformed(format!("payload: {e}")))?;
-    if payload.version != VERSION {
-        return Err(SealedError::Unsupported(format!("version {:?}", payload.version)));
+    let common: Payload =
+        Payload::deserialize(&payload).map_err(|e| SealedError::Malformed(format!("payload: {e}")))?;
+    if common.version != VERSION {
+        return Err(SealedError::Unsupported(format!(
+            "version {:?} is not supported (only {VERSION})",
+            common.version
+        )));
     }
-    if payload.kind != "vault" || payload.provider != "kbs" {
-        return Err(SealedError::Unsupported(format!("type {:?} provider {:?}", payload.kind, payload.provider)));
+    match common.kind.as_str() {
+        "vault" if common.provider == envelope::PROVIDER_KBS => {
+            let vault = VaultSecret::deserialize(&payload)
+                .map_err(|e| SealedError::Malformed(format!("vault payload: {e}")))?;
+            let uri: ResourceUri = vault.name.parse().map_err(|e| SealedError::Malformed(format!("name: {e}")))?;
+            keys.get_resource(&uri).await.map_err(|source| SealedError::Fetch { name: vault.name.clone(), source })
+        }
+        "envelope" if common.provider == envelope::PROVIDER_KBS => {
+            let sealed = envelope::EnvelopeSecret::deserialize(&payload)
+                .map_err(|e| SealedError::Malformed(format!("envelope payload: {e}")))?;
+            sealed.unseal(keys).await
+        }
+        kind @ ("vault" | "envelope") => Err(SealedError::Unsupported(format!(
+            "{kind} provider {:?} is not supported (only \"kbs\")",
+            common.provider
+        ))),
+        other => Err(SealedError::Unsupported(format!("type {other:?} is not supported (only vault and envelope)"))),
     }
-    let uri: ResourceUri = payload.name.parse().map_err(|e| SealedError::Malformed(format!("name: {e}")))?;
-    keys.get_resource(&uri).await.map_err(|source| SealedError::Fetch { name: payload.name.clone(), source })
 }
 
 async fn verification_key(kid: &str, keys: &dyn KeySource) -> Result<VerifyingKey, SealedError> {
