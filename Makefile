@@ -19,7 +19,7 @@ ROOTFS_DIR   := target/rootfs
 VM           := $(CARGO) run -q -p vm-harness --bin cvm-vm --
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build release test lint fmt demo demo-local clean check-tools deps bench bench-pull bench-encrypted bench-aa bench-runtime bench-arena bench-policy bench-boot rootfs vm vhost-device-vsock
+.PHONY: all build release test lint fmt demo demo-local clean check-tools deps bench bench-pull bench-encrypted bench-aa bench-runtime bench-arena bench-policy bench-boot bench-cdh rootfs vm vhost-device-vsock
 
 all: build
 
@@ -87,7 +87,7 @@ demo-local: check-tools
 	./agent/demo.sh target/debug
 
 # Benchmarks against real peers; results go to docs/BENCHMARKS.md.
-bench: bench-pull bench-encrypted bench-aa bench-runtime bench-policy bench-boot
+bench: bench-pull bench-encrypted bench-aa bench-runtime bench-policy bench-boot bench-cdh
 
 # Image pull vs curl|gzip|tar, skopeo+umoci and ctr (root, about 10 min).
 bench-pull:
@@ -113,6 +113,11 @@ bench-arena: deps
 # engine; evaluation time per request (root, about 4 min).
 bench-policy: deps
 	bash tests/bench/policy.sh
+
+# PullImage through the confidential-data-hub vs the image-pull CLI, and 4
+# concurrent pulls sharing a base layer (root, about 3 min).
+bench-cdh:
+	bash tests/bench/cdh.sh
 
 # Boot time under QEMU: uncompressed kernel vs Debian's vmlinuz (~3 min TCG).
 bench-boot: deps rootfs
