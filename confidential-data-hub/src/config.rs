@@ -83,6 +83,14 @@ pub struct ImageSection {
     /// Ours: with no signature policy configured, refuse pulls.
     #[serde(default)]
     pub require_signature_policy: bool,
+    /// Ours: free space kept on the store's filesystem while unpacking, as a
+    /// share of its size (default 5) capped at `free_space_reserve_bytes`
+    /// (default 64 MiB): a decompression bomb stops before guest RAM is full.
+    pub free_space_reserve_percent: Option<u64>,
+    pub free_space_reserve_bytes: Option<u64>,
+    /// Ours: a blob fetch slower than this (bytes/s, default 1024; 0: off) is
+    /// abandoned and resumed.
+    pub min_transfer_rate: Option<u64>,
 }
 
 impl Default for ImageSection {
@@ -322,6 +330,17 @@ https_proxy = "http://127.0.0.1:8080"
         assert_eq!(reg.registry[0].mirror[0].location, "example-mirror-0.local/mirror-for-foo");
         assert!(!c.image.require_signature_policy);
         assert_eq!(c.pull_deadline(), Some(Duration::from_secs(1200)));
+        assert_eq!((c.image.free_space_reserve_percent, c.image.min_transfer_rate), (None, None));
+    }
+
+    #[test]
+    fn unpack_and_transfer_limits_are_config_keys() {
+        let text =
+            "[image]\nfree_space_reserve_percent = 10\nfree_space_reserve_bytes = 1048576\nmin_transfer_rate = 0\n";
+        let c = CdhConfig::parse(text, Path::new("cdh.toml")).unwrap();
+        assert_eq!(c.image.free_space_reserve_percent, Some(10));
+        assert_eq!(c.image.free_space_reserve_bytes, Some(1 << 20));
+        assert_eq!(c.image.min_transfer_rate, Some(0));
     }
 
     #[test]

@@ -71,6 +71,14 @@ pub struct ImageClientConfig {
     pub max_concurrent_layers: usize,
     /// Most bytes of file content one layer may unpack.
     pub max_layer_bytes: Option<u64>,
+    /// Free space kept on the store's filesystem while unpacking: this share
+    /// of its size, capped at `free_space_reserve_bytes` (None: the defaults,
+    /// 5% and 64 MiB). The store is guest RAM on a tmpfs.
+    pub free_space_reserve_percent: Option<u64>,
+    pub free_space_reserve_bytes: Option<u64>,
+    /// A blob fetch slower than this many bytes/s over the pipeline's rate
+    /// window is abandoned and resumed (None: the default, 1 KiB/s; 0: off).
+    pub min_transfer_rate: Option<u64>,
     /// Resolves `kbs:///` URIs (policy, keys, credentials, layer KEKs); the
     /// attestation-agent in a guest.
     pub key_source: Arc<dyn KeySource>,
@@ -97,6 +105,9 @@ impl Default for ImageClientConfig {
             insecure_registries: Vec::new(),
             max_concurrent_layers: 3,
             max_layer_bytes: None,
+            free_space_reserve_percent: None,
+            free_space_reserve_bytes: None,
+            min_transfer_rate: None,
             key_source: Arc::new(NoKeySource),
             decryption_keys: Arc::new(Vec::new()),
             platform: Platform::host(),
@@ -279,6 +290,15 @@ impl ImageClient {
         let mut opts = PullOptions { max_concurrent_layers: c.max_concurrent_layers, ..PullOptions::default() };
         if let Some(max) = c.max_layer_bytes {
             opts.pipeline.limits.max_bytes = max;
+        }
+        if let Some(p) = c.free_space_reserve_percent {
+            opts.pipeline.limits.free_space_reserve_percent = p;
+        }
+        if let Some(b) = c.free_space_reserve_bytes {
+            opts.pipeline.limits.free_space_reserve_bytes = b;
+        }
+        if let Some(r) = c.min_transfer_rate {
+            opts.pipeline.min_transfer_rate = r;
         }
         let decrypt = DecryptConfig { keys: c.decryption_keys.clone(), key_source: keys };
         Ok(Ready { puller: Puller::new(registry, store, opts).with_decryption(decrypt), verifier })

@@ -106,6 +106,15 @@ struct PullArgs {
     /// space of the store's filesystem bounds it in any case.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_layer_bytes: Option<u64>,
+    /// Free space kept on the store's filesystem while unpacking: this percent
+    /// of its size (default 5), at most --free-space-reserve (default 64M).
+    #[arg(long, value_name = "PERCENT")]
+    free_space_reserve_percent: Option<u64>,
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    free_space_reserve: Option<u64>,
+    /// Abandon and resume a blob fetch slower than this many bytes/s (default 1024; 0: off).
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    min_transfer_rate: Option<u64>,
     /// How to build BUNDLE_DIR/rootfs.
     #[arg(long, value_enum, default_value = "auto")]
     rootfs: RootfsArg,
@@ -260,6 +269,9 @@ fn client_config(args: &PullArgs, registry: &str) -> anyhow::Result<ImageClientC
         insecure_registries: if args.plain_http { vec![registry.to_owned()] } else { Vec::new() },
         max_concurrent_layers: args.max_concurrent_layers,
         max_layer_bytes: args.max_layer_bytes,
+        free_space_reserve_percent: args.free_space_reserve_percent,
+        free_space_reserve_bytes: args.free_space_reserve,
+        min_transfer_rate: args.min_transfer_rate,
         key_source: key_source(args),
         decryption_keys: Arc::new(decryption_keys),
         platform: args.platform.clone().unwrap_or_else(Platform::host),

@@ -188,6 +188,37 @@ fn a_digest_reference_must_match_the_manifest() {
     assert!(!Path::new("/tmp/never-created-bundle").exists());
 }
 
+/// The free-space reserve is a flag: reserving the whole filesystem refuses
+/// the pull naming the reserve; the defaults (5%, at most 64 MiB) let it in.
+#[test]
+fn the_free_space_reserve_is_configurable_and_named_when_it_refuses() {
+    if !support::require_tools(&["docker-registry", "skopeo"]) {
+        return;
+    }
+    let reg = Registry::start(RegistryOptions::plain());
+    push(&reg, &small_image("reserve"), "app:r");
+    let reference = format!("{}/app:r", reg.host());
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("bundle");
+    let w = work.path().join("store");
+    let out = image_pull(&[
+        "--work-dir",
+        w.to_str().unwrap(),
+        "--plain-http",
+        "--free-space-reserve-percent",
+        "100",
+        "--free-space-reserve",
+        "1T",
+        &reference,
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("reserve"), "{}", stderr(&out));
+    assert!(!bundle.exists());
+    let (_work, marker) = pull_ok(&["--plain-http"], &reference);
+    assert_eq!(marker, "reserve");
+}
+
 fn small_image(marker: &str) -> support::layout::BuiltImage {
     ImageBuilder::new()
         .layer(LayerSpec::entries(vec![TarEntry::file("marker", marker.to_owned())], Compression::Gzip))
