@@ -13,6 +13,7 @@
 
 mod rpc_table;
 pub mod serde_compat;
+pub mod socket;
 
 /// Fully qualified ttrpc service names.
 pub const AGENT_SERVICE: &str = "grpc.AgentService";
