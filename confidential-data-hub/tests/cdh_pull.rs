@@ -167,6 +167,15 @@ fn refusals_name_the_cause_and_leave_no_bundle() {
     let r = guest.runtime.block_on(cdh.pull(&enc_ref, Path::new("/run/../etc/evil")));
     assert_eq!(r.unwrap_err().0, ttrpc::Code::INVALID_ARGUMENT);
 
+    // The KBS is down (the attestation-agent is up): the key cannot be fetched.
+    guest.kbs().update(|c| {
+        c.resources.insert("default/key/1".into(), kek.clone());
+    });
+    guest.stop_kbs();
+    let b = bundles.join("kbs-down");
+    let r = guest.runtime.block_on(cdh.pull(&enc_ref, &b));
+    assert_refused(r, ttrpc::Code::UNAVAILABLE, &["decryption key", "KBS at http://", "unreachable", KID], &b);
+
     // The attestation-agent is down: the key cannot be fetched.
     guest.stop_agent();
     let b = bundles.join("aa-down");

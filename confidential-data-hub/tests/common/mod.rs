@@ -117,7 +117,14 @@ impl Guest {
     }
 
     pub fn kbs(&self) -> &TestKbs {
-        self.kbs.as_ref().unwrap()
+        self.kbs.as_ref().expect("the test KBS is running")
+    }
+
+    /// Stops the test KBS (the attestation-agent keeps running).
+    pub fn stop_kbs(&mut self) {
+        if let Some(kbs) = self.kbs.take() {
+            self.runtime.block_on(kbs.stop());
+        }
     }
 
     pub fn events(&self) -> String {

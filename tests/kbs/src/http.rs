@@ -26,9 +26,16 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
             return;
         }
     };
+    // Connections are owned here: a stopped KBS drops them all at once, as a
+    // KBS process that died would (kept-alive clients see a reset, not answers).
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, _) = tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => {
+                connections.abort_all();
+                return;
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
                 Err(_) => continue,
@@ -36,7 +43,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: 
         };
         let shared = shared.clone();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |req| handle(shared.clone(), req));
             let builder = hyper::server::conn::http1::Builder::new();
             match acceptor {
