@@ -34,20 +34,12 @@ SUDO=; [[ $(id -u) == 0 ]] || SUDO=sudo
 need=()
 for t in docker-registry skopeo curl python3 openssl; do command -v $t >/dev/null || need+=($t); done
 [[ -x /usr/bin/time ]] || need+=(time)
-if ((${#need[@]})); then
-  log "installing: ${need[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+. "$ROOT/tests/bench/bench_lib.sh"
+install_missing ${need[@]+"${need[@]}"}
 [[ $(id -u) == 0 ]] || die "needs root (unpack preserving owners, overlay mounts)"
 
 T=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/bench-encrypted.XXXXXX")
 REG_PID=
-unmount_under() {
-  local m
-  while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done < <(
-    awk -v p="$1/" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r)
-}
 cleanup() {
   local rc=$?
   set +e

@@ -61,30 +61,14 @@ command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
 command -v gzip >/dev/null || need+=(gzip)
 command -v tar >/dev/null || need+=(tar)
-if ((${#need[@]})); then
-  log "installing: ${need[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+. "$ROOT/tests/bench/bench_lib.sh"
+install_missing ${need[@]+"${need[@]}"}
 [[ $(id -u) == 0 ]] || die "needs root (tar -x preserving owners, overlay mounts, containerd)"
 
 # ------------------------------------------------------------------ scratch + cleanup
 T=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/bench-pull.XXXXXX")
 REG_PID=
 CD_PID=
-unmount_under() { # unmount everything mounted below $1, deepest first
-  local m
-  while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done < <(
-    awk -v p="$1/" 'index($2, p) == 1 { print $2 }' /proc/self/mounts | sort -r)
-}
-stop_pid() { # stop_pid PID: TERM, wait up to 10 s, then KILL
-  local pid=$1 i
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   local rc=$?
   set +e
