@@ -91,9 +91,6 @@ pub struct Decision {
 #[derive(Clone)]
 struct Loaded {
     engine: regorus::Engine,
-    /// Bumped by every state change; a state-changing decision taken on an
-    /// older generation is re-evaluated.
-    generation: u64,
     origin: PolicyOrigin,
     sha256: String,
     allow_failures: bool,
@@ -172,7 +169,6 @@ impl Loaded {
         prepare(&mut engine).map_err(|e| load_err(format!("{e:#}")))?;
         let mut loaded = Loaded {
             engine,
-            generation: 0,
             origin: origin.clone(),
             sha256: hex::encode(Sha256::digest(rego.as_bytes())),
             allow_failures: false,
@@ -229,7 +225,6 @@ impl Loaded {
         let mut next = self.clone();
         next.engine.clear_data();
         next.engine.add_data(regorus::Value::from(data)).map_err(|e| state_err(format!("{e:#}")))?;
-        next.generation += 1;
         prepare(&mut next.engine).map_err(|e| state_err(format!("{e:#}")))?;
         Ok(next)
     }
@@ -280,8 +275,10 @@ impl PolicyEngine {
         let mut allow_failures = snap.allow_failures;
         if let Some(ops) = outcome.ops.take() {
             let _guard = self.update.lock().unwrap_or_else(|e| e.into_inner());
+            // Every state change and every replacement publishes a new Arc:
+            // the same pointer means nothing moved since `snap` was taken.
             let current = self.snapshot();
-            let ops = if current.generation == snap.generation && Arc::ptr_eq(&current, &snap) {
+            let ops = if Arc::ptr_eq(&current, &snap) {
                 Some(ops)
             } else {
                 // The state (or the policy) changed under us: decide again on
