@@ -1,5 +1,6 @@
 //! GetGuestDetails: memory block size, hotplug probe support and what this
-//! agent can do. Reads sysfs only.
+//! agent can do. Reads sysfs only. kata's response has no field for the guest
+//! components: their state is logged here (and exported by GetMetrics).
 
 use protos::agent::{AgentDetails, GuestDetailsRequest, GuestDetailsResponse};
 
@@ -25,5 +26,11 @@ pub fn collect(req: &GuestDetailsRequest) -> GuestDetailsResponse {
         ..Default::default()
     };
     resp.agent_details = Some(details).into();
+    let components: Vec<String> = crate::components::status::global()
+        .snapshot()
+        .iter()
+        .map(|c| format!("{}={} pid={:?} restarts={}", c.component.name(), c.state.as_str(), c.pid, c.restarts))
+        .collect();
+    tracing::info!(?components, "GetGuestDetails: guest components");
     resp
 }

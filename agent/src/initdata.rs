@@ -168,11 +168,12 @@ pub fn find_device(dev: &Path) -> Option<PathBuf> {
     })
 }
 
-/// The initdata this agent starts with: as PID 1, the device found in /dev
-/// (extracted to [`INITDATA_DIR`] for the guest components); otherwise only
-/// an image named explicitly (`--initdata-device`, for tests and development).
+/// The initdata this agent starts with: as PID 1, the device found in /dev;
+/// otherwise only an image named explicitly (`--initdata-device`, for tests
+/// and development). The files are extracted to `extract_to` (as PID 1,
+/// [`INITDATA_DIR`]) for the guest components.
 /// `Ok(None)`: no initdata. A device that is there but malformed is an error.
-pub fn load(pid1: bool, explicit: Option<&Path>) -> Result<Option<Initdata>, InitdataError> {
+pub fn load(pid1: bool, explicit: Option<&Path>, extract_to: Option<&Path>) -> Result<Option<Initdata>, InitdataError> {
     let device = match (pid1, explicit) {
         (_, Some(p)) if !pid1 => p.to_owned(),
         (true, _) => match find_device(Path::new("/dev")) {
@@ -182,11 +183,11 @@ pub fn load(pid1: bool, explicit: Option<&Path>) -> Result<Option<Initdata>, Ini
         _ => return Ok(None),
     };
     let init = Initdata::parse(read_device(&device)?)?;
-    if pid1 {
-        init.extract(Path::new(INITDATA_DIR))?;
+    if let Some(dir) = extract_to {
+        init.extract(dir)?;
     }
     tracing::info!(device = %device.display(), algorithm = %init.algorithm, digest = %hex::encode(&init.digest),
-        keys = ?init.data.keys().collect::<Vec<_>>(), "initdata");
+        keys = ?init.data.keys().collect::<Vec<_>>(), extracted_to = ?extract_to, "initdata");
     Ok(Some(init))
 }
 

@@ -8,6 +8,7 @@
 
 pub mod capabilities;
 pub mod cgroups;
+pub mod components;
 pub mod config;
 pub mod container;
 pub mod copy_file;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use cvm_agent::config::{
-    AgentConfig, FileConfig, KernelParams, LogFormat, LogLevel, Overrides, POLICY_FILE_ENV, SERVER_ADDR_ENV,
+    AgentConfig, KernelParams, LoadedFile, LogFormat, LogLevel, Overrides, POLICY_FILE_ENV, SERVER_ADDR_ENV,
 };
 use cvm_agent::init;
 use cvm_agent::policy::AgentPolicy;
@@ -35,6 +35,18 @@ struct Args {
     /// which finds the device in /dev itself.
     #[arg(long, value_name = "FILE")]
     initdata_device: Option<std::path::PathBuf>,
+    /// Agent config file (kata's TOML keys); as agent.config_file, it
+    /// replaces the agent.* kernel parameters.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// Directory of the guest component binaries instead of /usr/local/bin.
+    /// Ignored when the agent is PID 1.
+    #[arg(long, value_name = "DIR")]
+    guest_components_bin_dir: Option<std::path::PathBuf>,
+    /// Directory of the guest components' sockets and initdata instead of
+    /// /run/confidential-containers. Ignored when the agent is PID 1.
+    #[arg(long, value_name = "DIR")]
+    guest_components_run_dir: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -60,12 +72,16 @@ fn main() -> ExitCode {
 
 fn run(args: Args, pid1: bool) -> ExitCode {
     let mut kernel = KernelParams::from_proc();
-    let file_error = match kernel.config_file.clone().map(|p| FileConfig::load(&p)) {
-        Some(Ok(file)) => {
-            kernel = kernel.with_file_defaults(file);
+    // kata: --config first, then agent.config_file; the file is the whole configuration.
+    let file = args.config.clone().or_else(|| kernel.config_file.clone()).map(|p| (LoadedFile::load(&p), p));
+    let mut file_warnings = None;
+    let file_error = match file {
+        Some((Ok(loaded), path)) => {
+            kernel = kernel.replaced_by_file(path.clone(), loaded.config.clone());
+            file_warnings = Some((loaded, path));
             None
         }
-        Some(Err(err)) => Some(err),
+        Some((Err(err), _)) => Some(err),
         None => None,
     };
     let flags = Overrides { server_addr: args.server_addr, log_level: args.log_level, log_format: args.log_format };
@@ -81,6 +97,10 @@ fn run(args: Args, pid1: bool) -> ExitCode {
     if let Some(err) = file_error {
         tracing::error!(%err, "cannot use the agent config file");
         return ExitCode::from(2);
+    }
+    if let Some((loaded, path)) = &file_warnings {
+        tracing::info!(file = %path.display(), "agent config file: the agent.* kernel parameters are not read (kata's rule)");
+        loaded.log_warnings(path);
     }
     if !kernel.ignored.is_empty() {
         tracing::info!(params = ?kernel.ignored, "ignoring agent.* kernel parameters this agent does not handle");
@@ -99,13 +119,27 @@ fn run(args: Args, pid1: bool) -> ExitCode {
     if let Some(source) = ignored {
         tracing::warn!(source, "ignoring a policy file given to PID 1 on the kernel command line");
     }
-    let initdata = match cvm_agent::initdata::load(pid1, args.initdata_device.as_deref()) {
+    let mut component_paths = cvm_agent::components::Paths::default();
+    let run_dir_given = !pid1 && args.guest_components_run_dir.is_some();
+    if pid1 {
+        if args.guest_components_bin_dir.is_some() || args.guest_components_run_dir.is_some() {
+            tracing::warn!("ignoring guest component directories given to PID 1 on the kernel command line");
+        }
+    } else {
+        component_paths.bin_dir = args.guest_components_bin_dir.unwrap_or(component_paths.bin_dir);
+        component_paths.run_dir = args.guest_components_run_dir.unwrap_or(component_paths.run_dir);
+    }
+    // Extracted for the guest components as PID 1, or where a test points them.
+    let initdata_dir = component_paths.initdata_dir();
+    let extract_to = (pid1 || run_dir_given).then_some(initdata_dir.as_path());
+    let initdata = match cvm_agent::initdata::load(pid1, args.initdata_device.as_deref(), extract_to) {
         Ok(i) => i,
         Err(err) => {
             tracing::error!(%err, "cannot read the initdata; refusing to serve without the tenant's configuration");
             return ExitCode::FAILURE;
         }
     };
+    let plan_options = kernel.plan_options(initdata.is_some());
     let initdata_policy = initdata.as_ref().and_then(|i| i.get(cvm_agent::initdata::POLICY));
     let policy = match AgentPolicy::load_startup_policy(&policy_path, initdata_policy) {
         Ok(p) => std::sync::Arc::new(p),
@@ -130,7 +164,15 @@ fn run(args: Args, pid1: bool) -> ExitCode {
         let stop = cvm_agent::server::termination_signal()?;
         // As PID 1 this also reaps every orphan re-parented to the VM's init.
         let reaper = cvm_agent::reaper::Reaper::start().context("cannot start the child reaper")?;
-        cvm_agent::server::serve_until(&config, shutdown.clone(), reaper, policy, stop).await
+        let mut components =
+            cvm_agent::components::start_at_boot(&plan_options, &component_paths, reaper.clone(), !pid1)
+                .await
+                .context("guest components did not start")?;
+        let served = cvm_agent::server::serve_until(&config, shutdown.clone(), reaper, policy, stop).await;
+        if let Some(c) = components.as_mut() {
+            c.stop().await;
+        }
+        served
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

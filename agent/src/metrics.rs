@@ -34,7 +34,29 @@ pub fn prometheus(sandbox: &Sandbox, policy: &AgentPolicy) -> String {
     gauge(&mut out, "cvm_agent_open_fds", "Open file descriptors of the agent.", fds);
     gauge(&mut out, "cvm_agent_containers", "Containers in the sandbox.", Some(sandbox.container_count() as u64));
     policy.counters().prometheus(&mut out);
+    guest_components(&mut out, &crate::components::status::global().snapshot());
     out
+}
+
+/// `cvm_agent_guest_component_up{name}` (1 while running) and
+/// `cvm_agent_guest_component_restarts_total{name}`, one line per supervised
+/// component (kata's GuestDetailsResponse has no field for them).
+pub fn guest_components(out: &mut String, components: &[crate::components::status::ComponentStatus]) {
+    use crate::components::status::State;
+    if components.is_empty() {
+        return;
+    }
+    out.push_str("# HELP cvm_agent_guest_component_up Guest component running (1) or not (0).\n");
+    out.push_str("# TYPE cvm_agent_guest_component_up gauge\n");
+    for c in components {
+        let up = u8::from(c.state == State::Running);
+        let _ = writeln!(out, "cvm_agent_guest_component_up{{name=\"{}\"}} {up}", c.component.name());
+    }
+    out.push_str("# HELP cvm_agent_guest_component_restarts_total Relaunches of a guest component.\n");
+    out.push_str("# TYPE cvm_agent_guest_component_restarts_total counter\n");
+    for c in components {
+        let _ = writeln!(out, "cvm_agent_guest_component_restarts_total{{name=\"{}\"}} {}", c.component.name(), c.restarts);
+    }
 }
 
 #[cfg(test)]
@@ -48,5 +70,22 @@ mod tests {
         assert_eq!(status_count(status, "Threads:"), Some(3));
         assert_eq!(status_kib(status, "VmSwap:"), None);
         assert_eq!(status_count("Threads:\tmany\n", "Threads:"), None);
+    }
+
+    #[test]
+    fn guest_components_are_one_labelled_line_each() {
+        use crate::components::status::{ComponentStatus, State};
+        use crate::components::Component;
+        let mut out = String::new();
+        guest_components(&mut out, &[]);
+        assert!(out.is_empty());
+        let aa = ComponentStatus { component: Component::AttestationAgent, state: State::Running, pid: Some(7), restarts: 2 };
+        let cdh = ComponentStatus { component: Component::ConfidentialDataHub, state: State::Restarting, pid: None, restarts: 5 };
+        guest_components(&mut out, &[aa, cdh]);
+        assert!(out.contains("cvm_agent_guest_component_up{name=\"attestation-agent\"} 1\n"), "{out}");
+        assert!(out.contains("cvm_agent_guest_component_up{name=\"confidential-data-hub\"} 0\n"), "{out}");
+        assert!(out.contains("cvm_agent_guest_component_restarts_total{name=\"attestation-agent\"} 2\n"), "{out}");
+        assert!(out.contains("cvm_agent_guest_component_restarts_total{name=\"confidential-data-hub\"} 5\n"), "{out}");
+        assert_eq!(out.matches("# TYPE").count(), 2);
     }
 }

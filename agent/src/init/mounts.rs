@@ -1,6 +1,9 @@
 //! The boot mounts PID 1 makes before anything else: proc, sysfs, devtmpfs,
-//! devpts, /dev/shm, /run and the cgroup hierarchy (v2; v1 only when the kernel
-//! command line asks for it with `agent.unified_cgroup_hierarchy=0`).
+//! devpts, /dev/shm, /run and the cgroup hierarchy, chosen as kata does
+//! (`config::cgroup_v2`): cgroup2 with `nsdelegate`, or a read-only tmpfs
+//! with one v1 hierarchy per enabled controller kata knows, and none at all
+//! when the kernel has no devices controller (kata's rule: containers without
+//! device confinement are worse than containers without cgroups).
 //!
 //! The table is data, applied through the [`MountOps`] seam so its order and
 //! flags are unit-tested without root. A mount point that is already mounted is
@@ -22,6 +25,7 @@ pub struct MountSpec {
 const NOSUID: u64 = libc::MS_NOSUID;
 const NODEV: u64 = libc::MS_NODEV;
 const NOEXEC: u64 = libc::MS_NOEXEC;
+const RELATIME: u64 = libc::MS_RELATIME;
 
 /// Pseudo filesystems, parents before children.
 pub const BOOT_MOUNTS: &[MountSpec] = &[
@@ -42,8 +46,39 @@ pub const BOOT_MOUNTS: &[MountSpec] = &[
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// The cgroup v2 mount (default).
-pub const CGROUP2: MountSpec =
-    MountSpec { source: "cgroup2", target: CGROUP_ROOT, fstype: "cgroup2", flags: NOSUID | NODEV | NOEXEC, data: "" };
+pub const CGROUP2: MountSpec = MountSpec {
+    source: "cgroup2",
+    target: CGROUP_ROOT,
+    fstype: "cgroup2",
+    flags: NOSUID | NODEV | NOEXEC | RELATIME,
+    data: "nsdelegate",
+};
+
+/// The v1 controllers kata's agent mounts (others are left unmounted).
+pub const V1_CONTROLLERS: &[&str] = &[
+    "cpu",
+    "cpuacct",
+    "blkio",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "perf_event",
+    "net_prio",
+    "hugetlb",
+    "pids",
+    "rdma",
+];
+
+/// The v1 tmpfs made read-only once the hierarchies are mounted.
+pub const CGROUP1_ROOT_RO: MountSpec = MountSpec {
+    source: "tmpfs",
+    target: CGROUP_ROOT,
+    fstype: "tmpfs",
+    flags: libc::MS_REMOUNT | libc::MS_RDONLY | NOSUID | NODEV | NOEXEC,
+    data: "mode=0755",
+};
 
 /// The tmpfs that holds one directory per v1 controller.
 pub const CGROUP1_ROOT: MountSpec = MountSpec {
@@ -107,30 +142,45 @@ pub fn apply_table(ops: &mut impl MountOps, table: &[MountSpec]) -> Result<(), M
 }
 
 /// Mounts the cgroup hierarchy: cgroup2, or (v1) a tmpfs with one hierarchy
-/// per enabled controller named in `proc_cgroups` (the text of /proc/cgroups).
-pub fn apply_cgroups(ops: &mut impl MountOps, v1: bool, proc_cgroups: &str) -> Result<(), MountError> {
+/// per enabled controller named in `proc_cgroups` (the text of /proc/cgroups),
+/// then remounted read-only. Returns whether anything was mounted (v1 without
+/// a devices controller mounts nothing, as kata does).
+pub fn apply_cgroups(ops: &mut impl MountOps, v1: bool, proc_cgroups: &str) -> Result<bool, MountError> {
     if !v1 {
-        return apply(ops, &CGROUP2, CGROUP2.target, CGROUP2.data);
+        apply(ops, &CGROUP2, CGROUP2.target, CGROUP2.data)?;
+        return Ok(true);
+    }
+    let controllers: Vec<String> =
+        v1_controllers(proc_cgroups).into_iter().filter(|c| V1_CONTROLLERS.contains(&c.as_str())).collect();
+    if !controllers.iter().any(|c| c == "devices") {
+        return Ok(false);
     }
     apply(ops, &CGROUP1_ROOT, CGROUP1_ROOT.target, CGROUP1_ROOT.data)?;
-    for controller in v1_controllers(proc_cgroups) {
-        let spec =
-            MountSpec { source: "cgroup", target: "", fstype: "cgroup", flags: NOSUID | NODEV | NOEXEC, data: "" };
-        apply(ops, &spec, &format!("{CGROUP_ROOT}/{controller}"), &controller)?;
+    for controller in &controllers {
+        let spec = MountSpec {
+            source: "cgroup",
+            target: "",
+            fstype: "cgroup",
+            flags: NOSUID | NODEV | NOEXEC | RELATIME,
+            data: "",
+        };
+        apply(ops, &spec, &format!("{CGROUP_ROOT}/{controller}"), controller)?;
     }
-    Ok(())
+    apply(ops, &CGROUP1_ROOT_RO, CGROUP1_ROOT_RO.target, CGROUP1_ROOT_RO.data)?;
+    Ok(true)
 }
 
 /// Enabled controllers from /proc/cgroups (`name hierarchy num_cgroups enabled`).
 /// Names are kept only if they are plain identifiers, so a odd line cannot
-/// become a path.
+/// become a path; lines with non-numeric fields are skipped (as kata does).
 pub fn v1_controllers(proc_cgroups: &str) -> Vec<String> {
     proc_cgroups
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() == 4 && f[3] == "1").then(|| f[0])
+            let numeric = f.len() == 4 && f[1..].iter().all(|n| n.parse::<u64>().is_ok());
+            (numeric && f[3] != "0").then(|| f[0])
         })
         .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
         .map(str::to_owned)
@@ -145,7 +195,18 @@ pub fn mount_pseudo_filesystems() -> Result<(), MountError> {
 pub fn mount_cgroups(v1: bool) -> Result<(), MountError> {
     let proc_cgroups =
         if v1 { std::fs::read_to_string("/proc/cgroups").map_err(MountError::Controllers)? } else { String::new() };
-    apply_cgroups(&mut Kernel, v1, &proc_cgroups)
+    if !apply_cgroups(&mut Kernel, v1, &proc_cgroups)? {
+        tracing::warn!("init: the kernel has no devices cgroup controller: no cgroup v1 hierarchy mounted (kata's rule)");
+        return Ok(());
+    }
+    if v1 {
+        // kata turns on hierarchical memory accounting (implicit in v2).
+        let knob = format!("{CGROUP_ROOT}/memory/memory.use_hierarchy");
+        if let Err(err) = std::fs::write(&knob, "1") {
+            tracing::warn!(%err, knob, "init: cannot enable memory.use_hierarchy");
+        }
+    }
+    Ok(())
 }
 
 /// Makes sure fds 0, 1 and 2 are open. The kernel opens /dev/console for init
@@ -232,24 +293,42 @@ mod tests {
     }
 
     #[test]
-    fn cgroup_v2_by_default_v1_per_enabled_controller() {
+    fn cgroup2_is_mounted_with_nsdelegate_and_v1_per_enabled_known_controller() {
         let mut r = Recorder::default();
-        apply_cgroups(&mut r, false, "").unwrap();
-        assert_eq!(r.calls, vec!["mkdir /sys/fs/cgroup", "mount cgroup2 /sys/fs/cgroup "]);
+        assert!(apply_cgroups(&mut r, false, "").unwrap());
+        assert_eq!(r.calls, vec!["mkdir /sys/fs/cgroup", "mount cgroup2 /sys/fs/cgroup nsdelegate"]);
+        assert_ne!(CGROUP2.flags & libc::MS_RELATIME, 0);
 
-        let proc_cgroups =
-            "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t0\t1\t1\nmemory\t0\t1\t1\nrdma\t0\t1\t0\n";
+        let proc_cgroups = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t0\t1\t1\nmemory\t0\t1\t1\n\
+                            devices\t0\t1\t1\nrdma\t0\t1\t0\nmisc\t0\t1\t1\n";
         let mut r = Recorder::default();
-        apply_cgroups(&mut r, true, proc_cgroups).unwrap();
-        assert!(r.calls.contains(&"mount tmpfs /sys/fs/cgroup mode=0755".to_owned()));
-        assert!(r.calls.contains(&"mount cgroup /sys/fs/cgroup/cpu cpu".to_owned()));
-        assert!(r.calls.contains(&"mount cgroup /sys/fs/cgroup/memory memory".to_owned()));
-        assert!(!r.calls.iter().any(|c| c.contains("rdma")), "disabled controller mounted");
+        assert!(apply_cgroups(&mut r, true, proc_cgroups).unwrap());
+        let mounts: Vec<&str> = r.calls.iter().filter(|c| c.starts_with("mount")).map(String::as_str).collect();
+        assert_eq!(
+            mounts,
+            [
+                "mount tmpfs /sys/fs/cgroup mode=0755",
+                "mount cgroup /sys/fs/cgroup/cpu cpu",
+                "mount cgroup /sys/fs/cgroup/memory memory",
+                "mount cgroup /sys/fs/cgroup/devices devices",
+                // the remount read-only, last
+                "mount tmpfs /sys/fs/cgroup mode=0755",
+            ]
+        );
+        assert_ne!(CGROUP1_ROOT_RO.flags & libc::MS_REMOUNT, 0);
+        assert_ne!(CGROUP1_ROOT_RO.flags & libc::MS_RDONLY, 0);
+    }
+
+    #[test]
+    fn v1_without_a_devices_controller_mounts_nothing() {
+        let mut r = Recorder::default();
+        assert!(!apply_cgroups(&mut r, true, "cpu 0 1 1\nmemory 0 1 1\ndevices 0 1 0\n").unwrap());
+        assert!(r.calls.is_empty(), "{:?}", r.calls);
     }
 
     #[test]
     fn hostile_proc_cgroups_lines_never_become_paths() {
-        let text = "../../etc 0 1 1\ncpu/x 0 1 1\n\n  \nmemory 0 1\nblkio 0 1 1 extra\npids 0 1 1\n";
+        let text = "../../etc 0 1 1\ncpu/x 0 1 1\n\n  \nmemory 0 1\nblkio 0 1 1 extra\npids 0 1 1\nhugetlb x 1 1\n";
         assert_eq!(v1_controllers(text), vec!["pids"]);
     }
 }

@@ -1,18 +1,27 @@
-//! Agent configuration: where to listen and how to log.
+//! Agent configuration: where to listen, how to log, how PID 1 boots and
+//! which guest components to start.
 //!
 //! Sources, lowest to highest precedence (kata's order, with the command line on
 //! top): built-in defaults, kernel parameters (`agent.server_addr=`,
-//! `agent.log=`), the environment (`KATA_AGENT_SERVER_ADDR`), then flags.
+//! `agent.log=`, ...), the environment (`KATA_AGENT_SERVER_ADDR`), then flags.
 //! Kernel parameters come from the hypervisor command line; they are read but
 //! an unknown `agent.*` key is only logged, never fatal.
 //!
-//! `agent.config_file=PATH` names a TOML file in the image whose keys
-//! (`server_addr`, `log_level`, `debug_console`, `unified_cgroup_hierarchy`,
-//! `log_vport`)
-//! sit below the kernel parameters: a key given on the command line wins.
-//! PID 1 settings (`InitParams`): cgroup v2 unless
-//! `agent.unified_cgroup_hierarchy=0`; the debug console off unless
+//! `agent.config_file=PATH` (or `--config PATH`) names a TOML file in the
+//! image with kata's keys ([`file`]); as in kata it replaces the kernel
+//! parameters altogether.
+//! PID 1 settings (`InitParams`), kata's rule: cgroup v2 when
+//! `systemd.unified_cgroup_hierarchy` is true or `cgroup_no_v1=all`, else v1
+//! (kata's runtime passes both by default); the debug console off unless
 //! `agent.debug_console` is given.
+
+pub mod file;
+
+use std::time::Duration;
+
+use crate::components::{PlanOptions, Procs, RestApi};
+
+pub use file::{FileConfig, LoadedFile};
 
 use crate::transport::{AddrError, SockAddr};
 
@@ -80,19 +89,27 @@ pub enum LogFormat {
     Json,
 }
 
-/// `agent.*` keys found on the kernel command line.
+/// `agent.*` keys (and kata's cgroup keys) found on the kernel command line.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KernelParams {
     pub server_addr: Option<String>,
     pub log_level: Option<LogLevel>,
-    /// `agent.config_file=PATH`: a TOML file in the image (see [`FileConfig`]).
+    /// `agent.config_file=PATH`: a TOML file in the image (see [`file`]).
     pub config_file: Option<std::path::PathBuf>,
     /// `agent.debug_console[=BOOL]`.
     pub debug_console: Option<bool>,
-    /// `agent.unified_cgroup_hierarchy=BOOL` (false selects cgroup v1).
+    /// `systemd.unified_cgroup_hierarchy=BOOL` (kata's `unified_cgroup_hierarchy`).
     pub unified_cgroup_hierarchy: Option<bool>,
+    /// `cgroup_no_v1=all` (kata keeps only the value `all`).
+    pub cgroup_no_v1_all: bool,
     /// `agent.log_vport=PORT`: also send logs to the host on this vsock port.
     pub log_vport: Option<u32>,
+    /// `agent.launch_process_timeout=SECS` (> 0).
+    pub launch_process_timeout: Option<Duration>,
+    /// `agent.guest_components_procs=`.
+    pub guest_components_procs: Option<Procs>,
+    /// `agent.guest_components_rest_api=`.
+    pub guest_components_rest_api: Option<RestApi>,
     /// Keys we saw but do not act on (yet), kept for one log line at start-up.
     pub ignored: Vec<String>,
 }
@@ -103,28 +120,52 @@ impl KernelParams {
     pub fn parse(cmdline: &str) -> Self {
         let mut params = KernelParams::default();
         for word in cmdline.split_ascii_whitespace() {
+            if let Some(value) = word.strip_prefix("systemd.unified_cgroup_hierarchy=") {
+                params.unified_cgroup_hierarchy = Some(kata_bool(value));
+                continue;
+            }
+            if let Some(value) = word.strip_prefix("cgroup_no_v1=") {
+                // kata: any other value leaves the setting as it was.
+                if value == "all" {
+                    params.cgroup_no_v1_all = true;
+                }
+                continue;
+            }
             let Some(rest) = word.strip_prefix("agent.") else { continue };
             let (key, value) = rest.split_once('=').unwrap_or((rest, ""));
-            match key {
-                "server_addr" => params.server_addr = Some(value.to_owned()),
-                "log" => match value.parse() {
-                    Ok(level) => params.log_level = Some(level),
-                    Err(_) => params.ignored.push(word.to_owned()),
-                },
-                "config_file" if !value.is_empty() => params.config_file = Some(value.into()),
-                "debug_console" => match parse_bool(value) {
-                    Some(b) => params.debug_console = Some(b),
-                    None => params.ignored.push(word.to_owned()),
-                },
-                "unified_cgroup_hierarchy" => match parse_bool(value) {
-                    Some(b) => params.unified_cgroup_hierarchy = Some(b),
-                    None => params.ignored.push(word.to_owned()),
-                },
+            let ok = match key {
+                "server_addr" => {
+                    params.server_addr = Some(value.to_owned());
+                    true
+                }
+                "log" => value.parse().map(|l| params.log_level = Some(l)).is_ok(),
+                "config_file" if !value.is_empty() => {
+                    params.config_file = Some(value.into());
+                    true
+                }
+                "debug_console" => parse_bool(value).map(|b| params.debug_console = Some(b)).is_some(),
                 "log_vport" => match value.parse::<u32>() {
-                    Ok(p) if p > 0 => params.log_vport = Some(p),
-                    _ => params.ignored.push(word.to_owned()),
+                    Ok(p) if p > 0 => {
+                        params.log_vport = Some(p);
+                        true
+                    }
+                    _ => false,
                 },
-                _ => params.ignored.push(word.to_owned()),
+                "launch_process_timeout" => match value.parse::<u64>() {
+                    Ok(s) if s > 0 => {
+                        params.launch_process_timeout = Some(Duration::from_secs(s));
+                        true
+                    }
+                    _ => false,
+                },
+                "guest_components_procs" => value.parse().map(|p| params.guest_components_procs = Some(p)).is_ok(),
+                "guest_components_rest_api" => {
+                    value.parse().map(|r| params.guest_components_rest_api = Some(r)).is_ok()
+                }
+                _ => false,
+            };
+            if !ok {
+                params.ignored.push(word.to_owned());
             }
         }
         params
@@ -135,24 +176,55 @@ impl KernelParams {
         std::fs::read_to_string("/proc/cmdline").map(|s| Self::parse(&s)).unwrap_or_default()
     }
 
-    /// Fills every key the command line left unset from `file`.
-    pub fn with_file_defaults(mut self, file: FileConfig) -> Self {
-        self.server_addr = self.server_addr.or(file.server_addr);
-        self.log_level = self.log_level.or(file.log_level);
-        self.debug_console = self.debug_console.or(file.debug_console);
-        self.unified_cgroup_hierarchy = self.unified_cgroup_hierarchy.or(file.unified_cgroup_hierarchy);
-        self.log_vport = self.log_vport.or(file.log_vport);
-        self
+    /// kata's rule for a config file: it is the whole configuration, so every
+    /// kernel parameter is dropped (the file's path is kept for the logs).
+    pub fn replaced_by_file(self, path: std::path::PathBuf, file: FileConfig) -> Self {
+        KernelParams {
+            server_addr: file.server_addr,
+            log_level: file.log_level,
+            config_file: Some(path),
+            debug_console: file.debug_console,
+            unified_cgroup_hierarchy: file.unified_cgroup_hierarchy,
+            cgroup_no_v1_all: false,
+            log_vport: file.log_vport,
+            launch_process_timeout: file.launch_process_timeout.filter(|t| !t.is_zero()),
+            guest_components_procs: file.guest_components_procs,
+            guest_components_rest_api: file.guest_components_rest_api,
+            ignored: Vec::new(),
+        }
     }
 
     /// What PID 1 needs from the parameters.
     pub fn init_params(&self) -> InitParams {
         InitParams {
-            cgroup_v1: self.unified_cgroup_hierarchy == Some(false),
+            cgroup_v1: !cgroup_v2(self.unified_cgroup_hierarchy.unwrap_or(false), self.cgroup_no_v1_all),
             debug_console: self.debug_console.unwrap_or(false),
             log_vport: self.log_vport,
         }
     }
+
+    /// Which guest components to start, and how.
+    pub fn plan_options(&self, initdata: bool) -> PlanOptions {
+        let defaults = PlanOptions::default();
+        PlanOptions {
+            procs: self.guest_components_procs.unwrap_or(defaults.procs),
+            rest_api: self.guest_components_rest_api.unwrap_or(defaults.rest_api),
+            timeout: self.launch_process_timeout.unwrap_or(defaults.timeout),
+            initdata,
+        }
+    }
+}
+
+/// kata's hierarchy choice at boot: v2 when asked for by
+/// `systemd.unified_cgroup_hierarchy` or when v1 is disabled altogether.
+pub fn cgroup_v2(unified_cgroup_hierarchy: bool, cgroup_no_v1_all: bool) -> bool {
+    unified_cgroup_hierarchy || cgroup_no_v1_all
+}
+
+/// kata's `get_bool_value`: `true`/`false`, else an integer (non-zero is
+/// true), else false.
+fn kata_bool(value: &str) -> bool {
+    value.parse::<bool>().unwrap_or_else(|_| value.parse::<u64>().is_ok_and(|v| v != 0))
 }
 
 /// kata's boolean parameter forms; a bare key (`agent.debug_console`) is true.
@@ -172,46 +244,6 @@ pub struct InitParams {
     pub log_vport: Option<u32>,
 }
 
-/// Largest agent config file read (it is a handful of keys).
-const CONFIG_FILE_MAX: u64 = 64 * 1024;
-
-/// The `agent.config_file` TOML. Unknown keys are refused by name.
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub server_addr: Option<String>,
-    #[serde(default, deserialize_with = "de_level")]
-    pub log_level: Option<LogLevel>,
-    pub debug_console: Option<bool>,
-    pub unified_cgroup_hierarchy: Option<bool>,
-    pub log_vport: Option<u32>,
-}
-
-fn de_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<LogLevel>, D::Error> {
-    let s: Option<String> = serde::Deserialize::deserialize(d)?;
-    s.map(|s| s.parse().map_err(serde::de::Error::custom)).transpose()
-}
-
-impl FileConfig {
-    pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
-    }
-
-    /// Reads and parses the file, bounded in size.
-    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
-        use std::io::Read;
-        let bad = |reason: String| ConfigError::File { path: path.to_owned(), reason };
-        let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-        let mut text = String::new();
-        file.take(CONFIG_FILE_MAX + 1).read_to_string(&mut text).map_err(|e| bad(e.to_string()))?;
-        if text.len() as u64 > CONFIG_FILE_MAX {
-            return Err(bad(format!("larger than {CONFIG_FILE_MAX} bytes")));
-        }
-        Self::parse(&text).map_err(bad)
-    }
-}
-
-/// Values given explicitly on the agent's command line.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub server_addr: Option<String>,
@@ -273,6 +305,7 @@ mod tests {
         assert_eq!(k.server_addr.as_deref(), Some("vsock://-1:2048"));
         assert_eq!(k.log_level, Some(LogLevel::Debug));
         assert_eq!(k.ignored, vec!["agent.devmode".to_owned()]);
+        assert!(KernelParams::parse("agent.config_file=").config_file.is_none());
     }
 
     #[test]
@@ -291,40 +324,73 @@ mod tests {
     }
 
     #[test]
-    fn init_params_default_to_cgroup_v2_and_no_debug_console() {
-        assert_eq!(KernelParams::parse("quiet").init_params(), InitParams::default());
-        let k = KernelParams::parse("agent.unified_cgroup_hierarchy=0 agent.debug_console agent.log_vport=1025");
-        assert_eq!(k.init_params(), InitParams { cgroup_v1: true, debug_console: true, log_vport: Some(1025) });
+    fn cgroup_hierarchy_follows_katas_kernel_parameters() {
+        // kata: v1 unless systemd.unified_cgroup_hierarchy is true or cgroup_no_v1=all.
+        assert!(KernelParams::parse("quiet").init_params().cgroup_v1);
+        for (cmdline, v1) in [
+            ("cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1", false), // kata's runtime default
+            ("systemd.unified_cgroup_hierarchy=1", false),
+            ("systemd.unified_cgroup_hierarchy=true", false),
+            ("systemd.unified_cgroup_hierarchy=7", false),
+            ("cgroup_no_v1=all", false),
+            ("cgroup_no_v1=all systemd.unified_cgroup_hierarchy=0", false),
+            ("systemd.unified_cgroup_hierarchy=0", true),
+            ("systemd.unified_cgroup_hierarchy=maybe", true),
+            ("cgroup_no_v1=memory", true),
+            ("systemd.unified_cgroup_hierarchy", true),
+            ("systemd.unified_cgroup_hierarchy=1 systemd.unified_cgroup_hierarchy=false", true),
+            // Not kata's key: logged as ignored, no effect.
+            ("agent.unified_cgroup_hierarchy=1", true),
+        ] {
+            assert_eq!(KernelParams::parse(cmdline).init_params().cgroup_v1, v1, "{cmdline}");
+        }
+        assert!(!cgroup_v2(false, false) && cgroup_v2(true, false) && cgroup_v2(false, true));
+    }
+
+    #[test]
+    fn init_params_have_no_debug_console_by_default_and_a_positive_log_port() {
+        let k = KernelParams::parse("agent.debug_console agent.log_vport=1025 cgroup_no_v1=all");
+        assert_eq!(k.init_params(), InitParams { cgroup_v1: false, debug_console: true, log_vport: Some(1025) });
         let k = KernelParams::parse("agent.log_vport=0 agent.log_vport=x");
         assert_eq!(k.init_params().log_vport, None);
         assert_eq!(k.ignored.len(), 2);
-        let k = KernelParams::parse("agent.unified_cgroup_hierarchy=maybe agent.debug_console=off");
-        assert_eq!(k.init_params(), InitParams::default());
-        assert_eq!(k.ignored, vec!["agent.unified_cgroup_hierarchy=maybe".to_owned()]);
+        let k = KernelParams::parse("agent.debug_console=off agent.debug_console=maybe");
+        assert!(!k.init_params().debug_console);
+        assert_eq!(k.ignored, vec!["agent.debug_console=maybe".to_owned()]);
     }
 
     #[test]
-    fn config_file_sits_below_kernel_parameters() {
-        let file =
-            FileConfig::parse("server_addr = \"vsock://-1:9\"\nlog_level = \"debug\"\ndebug_console = true\n").unwrap();
-        let k = KernelParams::parse("agent.config_file=/etc/agent.toml agent.log=warn").with_file_defaults(file);
+    fn guest_component_keys_default_to_katas_values() {
+        let opts = KernelParams::parse("quiet").plan_options(false);
+        assert_eq!(opts, PlanOptions::default());
+        assert_eq!(opts.procs, Procs::ApiServerRest);
+        assert_eq!(opts.timeout, Duration::from_secs(6));
+        let k = KernelParams::parse(
+            "agent.guest_components_procs=confidential-data-hub agent.guest_components_rest_api=all \
+             agent.launch_process_timeout=12 agent.launch_process_timeout=0 agent.guest_components_procs=cdh",
+        );
+        let opts = k.plan_options(true);
+        assert_eq!((opts.procs, opts.rest_api, opts.timeout, opts.initdata),
+            (Procs::ConfidentialDataHub, RestApi::All, Duration::from_secs(12), true));
+        assert_eq!(k.ignored, ["agent.launch_process_timeout=0", "agent.guest_components_procs=cdh"]);
+    }
+
+    #[test]
+    fn a_config_file_replaces_the_kernel_parameters_as_in_kata() {
+        let file = LoadedFile::parse(
+            "server_addr = \"vsock://-1:9\"\ndebug_console = true\nguest_components_procs = \"none\"\n",
+        )
+        .unwrap()
+        .config;
+        let k = KernelParams::parse("agent.config_file=/etc/agent.toml agent.log=warn cgroup_no_v1=all agent.x=1");
+        let k = k.replaced_by_file("/etc/agent.toml".into(), file);
         assert_eq!(k.config_file.as_deref(), Some(std::path::Path::new("/etc/agent.toml")));
         assert_eq!(k.server_addr.as_deref(), Some("vsock://-1:9"));
-        assert_eq!(k.log_level, Some(LogLevel::Warn));
+        assert_eq!(k.log_level, None, "agent.log from the command line must not survive");
         assert!(k.init_params().debug_console);
-    }
-
-    #[test]
-    fn config_file_refuses_unknown_keys_bad_values_and_huge_files() {
-        assert!(FileConfig::parse("sever_addr = \"x\"").unwrap_err().contains("sever_addr"));
-        assert!(FileConfig::parse("log_level = \"loud\"").unwrap_err().contains("loud"));
-        let dir = tempfile::tempdir().unwrap();
-        let big = dir.path().join("big.toml");
-        std::fs::write(&big, "#".repeat(CONFIG_FILE_MAX as usize + 1)).unwrap();
-        let err = FileConfig::load(&big).unwrap_err().to_string();
-        assert!(err.contains("big.toml") && err.contains("larger than"), "{err}");
-        let err = FileConfig::load(&dir.path().join("missing.toml")).unwrap_err().to_string();
-        assert!(err.contains("missing.toml"), "{err}");
+        assert!(k.init_params().cgroup_v1, "cgroup_no_v1 from the command line must not survive");
+        assert_eq!(k.plan_options(false).procs, Procs::None);
+        assert!(k.ignored.is_empty());
     }
 
     #[test]
