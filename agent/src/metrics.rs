@@ -55,7 +55,8 @@ pub fn guest_components(out: &mut String, components: &[crate::components::statu
     out.push_str("# HELP cvm_agent_guest_component_restarts_total Relaunches of a guest component.\n");
     out.push_str("# TYPE cvm_agent_guest_component_restarts_total counter\n");
     for c in components {
-        let _ = writeln!(out, "cvm_agent_guest_component_restarts_total{{name=\"{}\"}} {}", c.component.name(), c.restarts);
+        let _ =
+            writeln!(out, "cvm_agent_guest_component_restarts_total{{name=\"{}\"}} {}", c.component.name(), c.restarts);
     }
 }
 
@@ -79,8 +80,18 @@ mod tests {
         let mut out = String::new();
         guest_components(&mut out, &[]);
         assert!(out.is_empty());
-        let aa = ComponentStatus { component: Component::AttestationAgent, state: State::Running, pid: Some(7), restarts: 2 };
-        let cdh = ComponentStatus { component: Component::ConfidentialDataHub, state: State::Restarting, pid: None, restarts: 5 };
+        let aa = ComponentStatus {
+            component: Component::AttestationAgent,
+            state: State::Running,
+            pid: Some(7),
+            restarts: 2,
+        };
+        let cdh = ComponentStatus {
+            component: Component::ConfidentialDataHub,
+            state: State::Restarting,
+            pid: None,
+            restarts: 5,
+        };
         guest_components(&mut out, &[aa, cdh]);
         assert!(out.contains("cvm_agent_guest_component_up{name=\"attestation-agent\"} 1\n"), "{out}");
         assert!(out.contains("cvm_agent_guest_component_up{name=\"confidential-data-hub\"} 0\n"), "{out}");

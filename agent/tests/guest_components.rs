@@ -207,7 +207,12 @@ fn without_the_api_server_rest_binary_no_component_starts_and_the_agent_serves()
     std::fs::write(empty.join("confidential-data-hub"), "").unwrap();
     let agent = Agent::start(
         w,
-        &["--guest-components-bin-dir", empty.to_str().unwrap(), "--guest-components-run-dir", w.join("run").to_str().unwrap()],
+        &[
+            "--guest-components-bin-dir",
+            empty.to_str().unwrap(),
+            "--guest-components-run-dir",
+            w.join("run").to_str().unwrap(),
+        ],
     );
     let log = agent.log_text();
     assert!(log.contains("api-server-rest") && log.contains("none started"), "{log}");

@@ -158,7 +158,12 @@ pub struct PlanOptions {
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        PlanOptions { procs: Procs::default(), rest_api: RestApi::default(), timeout: DEFAULT_LAUNCH_TIMEOUT, initdata: false }
+        PlanOptions {
+            procs: Procs::default(),
+            rest_api: RestApi::default(),
+            timeout: DEFAULT_LAUNCH_TIMEOUT,
+            initdata: false,
+        }
     }
 }
 

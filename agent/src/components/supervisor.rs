@@ -260,8 +260,12 @@ impl Task {
                     s.state = State::Restarting;
                     s.pid = None;
                 });
-                tracing::info!(component = c.name(), delay_ms = delay.as_millis() as u64, failures,
-                    "restarting guest component");
+                tracing::info!(
+                    component = c.name(),
+                    delay_ms = delay.as_millis() as u64,
+                    failures,
+                    "restarting guest component"
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = stopped(&mut self.stop) => {

@@ -133,7 +133,11 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 #[tokio::test(start_paused = true)]
 async fn components_start_in_order_each_after_the_previous_socket() {
     let fake = FakeLauncher::scripted(
-        &[(AA, &[Run::Serve(Duration::from_secs(2))]), (CDH, &[Run::Serve(Duration::from_secs(1))]), (API, &[Run::Mute])],
+        &[
+            (AA, &[Run::Serve(Duration::from_secs(2))]),
+            (CDH, &[Run::Serve(Duration::from_secs(1))]),
+            (API, &[Run::Mute]),
+        ],
         &[],
     );
     let board = StatusBoard::default();
@@ -161,10 +165,11 @@ async fn a_socket_that_never_appears_fails_the_boot_after_the_timeout() {
     let fake = FakeLauncher::scripted(&[(AA, &[Run::Mute])], &[]);
     let board = StatusBoard::default();
     let t0 = Instant::now();
-    let err = Supervisor::start(specs(Procs::ConfidentialDataHub), fake.clone(), RestartPolicy::default(), board.clone())
-        .await
-        .err()
-        .expect("boot must fail");
+    let err =
+        Supervisor::start(specs(Procs::ConfidentialDataHub), fake.clone(), RestartPolicy::default(), board.clone())
+            .await
+            .err()
+            .expect("boot must fail");
     let waited = Instant::now() - t0;
     assert!(waited >= Duration::from_secs(6) && waited < Duration::from_secs(7), "{waited:?}");
     assert!(err.to_string().contains("attestation-agent.sock") && err.to_string().contains("6s"), "{err}");
@@ -178,10 +183,11 @@ async fn a_socket_that_never_appears_fails_the_boot_after_the_timeout() {
 async fn a_component_that_exits_at_boot_fails_it_with_its_status() {
     let fake = FakeLauncher::scripted(&[(AA, &[Run::Serve(Duration::ZERO)]), (CDH, &[Run::Exit(3)])], &[]);
     let board = StatusBoard::default();
-    let err = Supervisor::start(specs(Procs::ConfidentialDataHub), fake.clone(), RestartPolicy::default(), board.clone())
-        .await
-        .err()
-        .expect("boot must fail");
+    let err =
+        Supervisor::start(specs(Procs::ConfidentialDataHub), fake.clone(), RestartPolicy::default(), board.clone())
+            .await
+            .err()
+            .expect("boot must fail");
     assert!(err.to_string().contains("confidential-data-hub exited (exit code 3)"), "{err}");
     // The AA already running is stopped again.
     let aa_pid = fake.spawns()[0].2;
@@ -221,8 +227,7 @@ async fn backoff_doubles_up_to_the_cap_then_the_component_is_given_up() {
     // Serves once, then every relaunch exits at once.
     let fake = FakeLauncher::scripted(&[(AA, &[Run::Serve(Duration::ZERO)])], &[(AA, Run::Exit(1))]);
     let board = StatusBoard::default();
-    let _sup =
-        Supervisor::start(specs(Procs::AttestationAgent), fake.clone(), policy, board.clone()).await.unwrap();
+    let _sup = Supervisor::start(specs(Procs::AttestationAgent), fake.clone(), policy, board.clone()).await.unwrap();
     let first = board.get(AA).unwrap().pid.unwrap();
     fake.crash(first, libc::SIGSEGV);
     until("AA given up", || board.get(AA).is_some_and(|s| s.state == State::Failed)).await;
@@ -243,8 +248,7 @@ async fn a_run_that_stayed_up_resets_the_backoff() {
     let serve = Run::Serve(Duration::ZERO);
     let fake = FakeLauncher::scripted(&[(AA, &[serve, Run::Exit(1), Run::Exit(1), serve])], &[(AA, serve)]);
     let board = StatusBoard::default();
-    let _sup =
-        Supervisor::start(specs(Procs::AttestationAgent), fake.clone(), policy, board.clone()).await.unwrap();
+    let _sup = Supervisor::start(specs(Procs::AttestationAgent), fake.clone(), policy, board.clone()).await.unwrap();
     fake.crash(board.get(AA).unwrap().pid.unwrap(), libc::SIGKILL);
     // 0.5 s, 1 s (exit), 2 s (exit), then it serves.
     until("AA back", || board.get(AA).is_some_and(|s| s.state == State::Running && s.restarts == 3)).await;
@@ -260,9 +264,10 @@ async fn a_run_that_stayed_up_resets_the_backoff() {
 async fn stop_during_backoff_leaves_the_component_stopped() {
     let fake = FakeLauncher::scripted(&[(AA, &[Run::Serve(Duration::ZERO)])], &[(AA, Run::Exit(1))]);
     let board = StatusBoard::default();
-    let mut sup = Supervisor::start(specs(Procs::AttestationAgent), fake.clone(), RestartPolicy::default(), board.clone())
-        .await
-        .unwrap();
+    let mut sup =
+        Supervisor::start(specs(Procs::AttestationAgent), fake.clone(), RestartPolicy::default(), board.clone())
+            .await
+            .unwrap();
     fake.crash(board.get(AA).unwrap().pid.unwrap(), libc::SIGKILL);
     until("AA restarting", || board.get(AA).is_some_and(|s| s.state == State::Restarting)).await;
     sup.stop().await;

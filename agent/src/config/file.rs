@@ -177,7 +177,8 @@ mod tests {
     #[test]
     fn katas_sample_file_loads_with_its_unknown_table_warned() {
         // The shape of kata's samples/configuration-all-endpoints.toml.
-        let text = "dev_mode = true\nserver_addr = 'vsock://8:2048'\n\n[endpoints]\nallowed = [\"CreateContainerRequest\"]\n";
+        let text =
+            "dev_mode = true\nserver_addr = 'vsock://8:2048'\n\n[endpoints]\nallowed = [\"CreateContainerRequest\"]\n";
         let f = LoadedFile::parse(text).unwrap();
         assert_eq!(f.config.server_addr.as_deref(), Some("vsock://8:2048"));
         assert_eq!(f.ignored, ["dev_mode"]);
@@ -198,8 +199,10 @@ mod tests {
         assert_eq!(c.guest_components_rest_api, Some(RestApi::All));
         assert_eq!(f.ignored, ["hotplug_timeout"]);
         assert_eq!(f.unknown, ["sever_addr"]);
-        assert_eq!(LoadedFile::parse("launch_process_timeout = 4").unwrap().config.launch_process_timeout,
-            Some(Duration::from_secs(4)));
+        assert_eq!(
+            LoadedFile::parse("launch_process_timeout = 4").unwrap().config.launch_process_timeout,
+            Some(Duration::from_secs(4))
+        );
         assert_eq!(LoadedFile::parse("log_vport = 0").unwrap().config.log_vport, None);
     }
 

@@ -370,8 +370,10 @@ mod tests {
              agent.launch_process_timeout=12 agent.launch_process_timeout=0 agent.guest_components_procs=cdh",
         );
         let opts = k.plan_options(true);
-        assert_eq!((opts.procs, opts.rest_api, opts.timeout, opts.initdata),
-            (Procs::ConfidentialDataHub, RestApi::All, Duration::from_secs(12), true));
+        assert_eq!(
+            (opts.procs, opts.rest_api, opts.timeout, opts.initdata),
+            (Procs::ConfidentialDataHub, RestApi::All, Duration::from_secs(12), true)
+        );
         assert_eq!(k.ignored, ["agent.launch_process_timeout=0", "agent.guest_components_procs=cdh"]);
     }
 

@@ -196,7 +196,9 @@ pub fn mount_cgroups(v1: bool) -> Result<(), MountError> {
     let proc_cgroups =
         if v1 { std::fs::read_to_string("/proc/cgroups").map_err(MountError::Controllers)? } else { String::new() };
     if !apply_cgroups(&mut Kernel, v1, &proc_cgroups)? {
-        tracing::warn!("init: the kernel has no devices cgroup controller: no cgroup v1 hierarchy mounted (kata's rule)");
+        tracing::warn!(
+            "init: the kernel has no devices cgroup controller: no cgroup v1 hierarchy mounted (kata's rule)"
+        );
         return Ok(());
     }
     if v1 {
