@@ -50,8 +50,8 @@ build: check-tools
 
 # Statically linked, size-optimised guest binaries (see [profile.release]).
 release: check-tools
-	RUSTFLAGS='$(GUEST_RUSTFLAGS)' $(CARGO) build --release --target $(TARGET) -p cvm-agent -p image-rs -p attestation-agent
-	@ls -l $(RELEASE_DIR)/cvm-agent $(RELEASE_DIR)/cvm-agent-ctl $(RELEASE_DIR)/image-pull $(RELEASE_DIR)/attestation-agent
+	RUSTFLAGS='$(GUEST_RUSTFLAGS)' $(CARGO) build --release --target $(TARGET) -p cvm-agent -p image-rs -p attestation-agent -p confidential-data-hub
+	@ls -l $(RELEASE_DIR)/cvm-agent $(RELEASE_DIR)/cvm-agent-ctl $(RELEASE_DIR)/image-pull $(RELEASE_DIR)/attestation-agent $(RELEASE_DIR)/confidential-data-hub
 
 lint: check-tools
 	$(CARGO) fmt --all -- --check

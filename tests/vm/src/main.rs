@@ -39,6 +39,14 @@ struct Args {
     /// Extra kernel parameter (repeatable), e.g. --append agent.log=debug.
     #[arg(long = "append", value_name = "PARAM")]
     append: Vec<String>,
+    /// An initdata TOML document (`version`, `algorithm`, `[data]` with
+    /// aa.toml, cdh.toml, policy.rego), attached as kata's runtime does: the
+    /// disk image written by `prepareInitdataImage`'s layout, raw virtio-blk.
+    #[arg(long, value_name = "FILE")]
+    initdata: Option<PathBuf>,
+    /// MAC address of the guest's NIC (eth0), as a shim's UpdateInterface names it.
+    #[arg(long, default_value = vm_harness::qemu::DEFAULT_MAC, value_name = "MAC")]
+    mac: String,
     /// Seconds to wait for the agent to answer Check.
     #[arg(long, default_value_t = 60)]
     ready_timeout: u64,
@@ -88,6 +96,16 @@ fn main() -> ExitCode {
     spec.memory_mib = args.memory;
     spec.cpus = args.cpus;
     spec.extra_cmdline = args.append.clone();
+    spec.mac = args.mac.clone();
+    if let Some(path) = &args.initdata {
+        match std::fs::read(path) {
+            Ok(doc) => spec.initdata = Some(doc),
+            Err(err) => {
+                eprintln!("cvm-vm: --initdata {}: {err}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     if let Err(err) = spec.check_host() {
         eprintln!("cvm-vm: {err}");
         return ExitCode::from(2);
@@ -121,6 +139,9 @@ async fn boot(spec: &VmSpec, ready: Duration) -> anyhow::Result<()> {
     let mut vm = Vm::launch(spec, true)?;
     let t = vm.wait_agent_ready(ready).await?;
     println!("\ncvm-vm: agent ready {:.2} s after QEMU start", t.as_secs_f64());
+    // On a line of its own for scripts (one write: the console echo may have
+    // left a partial line), the socket a shim connects to.
+    print!("\nhybrid-vsock: {}\n", vm.vsock_socket.display());
     println!(
         "cvm-vm: try: cvm-agent-ctl --addr unix://{} --hybrid-vsock 1024 version   (Ctrl-C stops the VM)",
         vm.vsock_socket.display()
