@@ -386,6 +386,17 @@ impl Container {
         req.sandbox_pidns = false;
         req
     }
+
+    /// The same request on a rootfs the guest image ships (no storage): the
+    /// pod's shape checked without the guest pull.
+    pub fn create_request_on_shipped_rootfs(&self, hostname: &str, rootfs: &str) -> CreateContainerRequest {
+        let mut req = self.create_request(hostname);
+        req.storages.clear();
+        if let Some(root) = req.OCI.as_mut().and_then(|s| s.Root.as_mut()) {
+            root.Path = rootfs.to_owned();
+        }
+        req
+    }
 }
 
 /// One request and how long it took.
@@ -509,6 +520,16 @@ impl Shim {
         hostname: &str,
         pull_timeout: Duration,
     ) -> anyhow::Result<()> {
+        self.create_container_with(c, c.create_request(hostname), pull_timeout).await
+    }
+
+    /// As [`Shim::create_container`] with a prepared request.
+    pub async fn create_container_with(
+        &mut self,
+        c: &Container,
+        req: CreateContainerRequest,
+        pull_timeout: Duration,
+    ) -> anyhow::Result<()> {
         let agent = self.agent.clone();
         for f in &c.files {
             for req in f.copy_requests(&c.id) {
@@ -520,8 +541,11 @@ impl Shim {
             }
         }
         let ctx = self.ctx(pull_timeout);
-        let note = format!("{} image_guest_pull {}", short(&c.id), c.image);
-        self.step("CreateContainer", note, agent.create_container(ctx, &c.create_request(hostname))).await?;
+        let note = match req.storages.first() {
+            Some(s) => format!("{} {} {}", short(&c.id), s.driver, s.source),
+            None => format!("{} rootfs {}", short(&c.id), req.OCI.Root.Path),
+        };
+        self.step("CreateContainer", note, agent.create_container(ctx, &req)).await?;
         Ok(())
     }
 
