@@ -91,9 +91,9 @@ pub struct Pod {
 
 impl Pod {
     pub fn new(name: &str, mac: &str) -> Pod {
-        let hex = random_hex(16);
+        let hex = random_hex(32);
         Pod {
-            sandbox_id: format!("{}{}", hex, random_hex(16)),
+            sandbox_id: random_hex(64),
             name: name.to_owned(),
             namespace: "default".to_owned(),
             uid: format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]),
