@@ -108,8 +108,10 @@ fn kata_shaped_pod_with_initdata_network_and_copied_files() {
         shim.setup_network(&pod, Vec::new()).await?;
         shim.create_sandbox(&pod).await?;
         let script = format!(
+            // nc, not wget: the static busybox's wget looks up the service name
+            // through NSS, which a static glibc cannot load (SIGSEGV).
             "cat /etc/hosts; echo hostname=$(cat /etc/hostname); /bin/busybox grep ' /dev/shm ' /proc/mounts; \
-             /bin/busybox wget -q -T 20 -O - http://{}:{port}/",
+             printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /bin/busybox nc {} {port}",
             vm_harness::shim::GATEWAY
         );
         let app = pod.app_container("app", "busybox", &["/bin/sh", "-c", &script]);
