@@ -140,10 +140,10 @@ impl CocoHost {
         .into_iter()
         .collect();
         let tls = Some((host.kbs_cert.clone(), std::fs::read_to_string(&kbs_key)?));
-        let kbs = host.kbs_rt.block_on(test_kbs::TestKbs::start_on(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
-            test_kbs::KbsConfig { resources, tls, ..test_kbs::KbsConfig::default() },
-        ))?;
+        let config = test_kbs::KbsConfig { resources, tls, ..test_kbs::KbsConfig::default() };
+        let kbs = outside_any_runtime(|| {
+            host.kbs_rt.block_on(test_kbs::TestKbs::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), config))
+        })?;
         host.kbs_port = kbs.url().rsplit(':').next().and_then(|p| p.parse().ok()).context("KBS port")?;
         host.kbs = Some(kbs);
         timed("test KBS (TLS, sample TEE): KEK, policy, cosign key", t);
@@ -194,13 +194,20 @@ impl CocoHost {
 impl Drop for CocoHost {
     fn drop(&mut self) {
         if let Some(kbs) = self.kbs.take() {
-            self.kbs_rt.block_on(kbs.stop());
+            let rt = &self.kbs_rt;
+            outside_any_runtime(|| rt.block_on(kbs.stop()));
         }
         if let Some(mut c) = self.registry.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
+}
+
+/// Runs `f` on a thread of its own: the KBS has its own runtime, which
+/// cannot be blocked on from a thread already driving one (the callers').
+fn outside_any_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("the KBS thread panicked"))
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<std::process::Output> {
@@ -298,6 +305,11 @@ fn build_image(dir: &Path) -> anyhow::Result<()> {
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
     std::fs::write(rootfs.join("etc/group"), "root:x:0:\n")?;
     run(Command::new("umoci").args(["repack", "--image", &l]).arg(&bundle))?;
+    // A repack adds one layer to the image the bundle was unpacked from: unpack
+    // the busybox image again so the secret goes into a second layer alone.
+    let bundle = dir.join("bundle2");
+    run(Command::new("umoci").args(["unpack", "--rootless", "--image", &l]).arg(&bundle))?;
+    let rootfs = bundle.join("rootfs");
     let secret = rootfs.join(SECRET_FILE.trim_start_matches('/'));
     std::fs::create_dir_all(secret.parent().expect("has a parent"))?;
     std::fs::write(&secret, format!("{SECRET_LINE}\n"))?;
