@@ -40,6 +40,10 @@ pub const SECRET_LINE: &str = "decrypted layer: the KBS released the key to this
 pub const REPO: &str = "coco/demo";
 pub const FORGED_REPO: &str = "coco/forged";
 
+/// The kernel parameter that has the agent launch the attestation-agent and
+/// the data hub (kata's `agent.guest_components_procs`).
+pub const GUEST_COMPONENTS_PROCS: &str = "agent.guest_components_procs=confidential-data-hub";
+
 /// Host tools the demo host needs (Debian packages in parentheses).
 pub const TOOLS: &[&str] = &["docker-registry", "skopeo", "umoci", "openssl", "busybox"];
 

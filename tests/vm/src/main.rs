@@ -239,6 +239,9 @@ async fn coco_demo(spec: &VmSpec, ready: Duration) -> anyhow::Result<()> {
     let host = start_coco_host()?;
     let mut spec = spec.clone();
     spec.initdata = Some(host.initdata(&confidential_policy()?).render().into_bytes());
+    // The attestation-agent and the data hub, launched by the agent (kata's
+    // parameter; `api-server-rest` would add the REST server we do not ship).
+    spec.extra_cmdline.push(vm_harness::coco::GUEST_COMPONENTS_PROCS.into());
     let mut vm = Vm::launch(&spec, false)?;
     let boot = vm.wait_agent_ready(ready).await?;
     println!("cvm-vm: agent ready {:.2} s after QEMU start (initdata attached)", boot.as_secs_f64());

@@ -158,6 +158,7 @@ fn coco_pod_pulls_decrypts_and_verifies_in_the_guest() {
     let _one = ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let host = coco::CocoHost::start(&image_pull).unwrap();
     spec.initdata = Some(host.initdata(&confidential_rego()).render().into_bytes());
+    spec.extra_cmdline.push(coco::GUEST_COMPONENTS_PROCS.into());
     spec.mac = MAC.into();
     let mut vm = Vm::launch(&spec, false).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
