@@ -19,7 +19,7 @@ ROOTFS_DIR   := target/rootfs
 VM           := $(CARGO) run -q -p vm-harness --bin cvm-vm --
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build release test lint fmt demo demo-local clean check-tools deps bench bench-pull bench-encrypted bench-aa bench-runtime bench-arena bench-policy bench-boot bench-cdh rootfs vm vhost-device-vsock
+.PHONY: all build release test lint fmt demo demo-busybox demo-local clean check-tools deps bench bench-pull bench-encrypted bench-aa bench-runtime bench-arena bench-policy bench-boot bench-cdh rootfs vm vhost-device-vsock
 
 all: build
 
@@ -50,8 +50,8 @@ build: check-tools
 
 # Statically linked, size-optimised guest binaries (see [profile.release]).
 release: check-tools
-	RUSTFLAGS='$(GUEST_RUSTFLAGS)' $(CARGO) build --release --target $(TARGET) -p cvm-agent -p image-rs -p attestation-agent
-	@ls -l $(RELEASE_DIR)/cvm-agent $(RELEASE_DIR)/cvm-agent-ctl $(RELEASE_DIR)/image-pull $(RELEASE_DIR)/attestation-agent
+	RUSTFLAGS='$(GUEST_RUSTFLAGS)' $(CARGO) build --release --target $(TARGET) -p cvm-agent -p image-rs -p attestation-agent -p confidential-data-hub
+	@ls -l $(RELEASE_DIR)/cvm-agent $(RELEASE_DIR)/cvm-agent-ctl $(RELEASE_DIR)/image-pull $(RELEASE_DIR)/attestation-agent $(RELEASE_DIR)/confidential-data-hub
 
 lint: check-tools
 	$(CARGO) fmt --all -- --check
@@ -75,10 +75,16 @@ rootfs: release
 vm: deps rootfs
 	$(VM) $(VM_ARGS) boot
 
-# The main job: installs what it needs, builds the guest image, boots it under
-# QEMU and runs a busybox container through the agent API over vsock, then
-# destroys the sandbox and checks that the VM powers itself off.
+# The main job: installs what it needs, builds the guest image, makes the CoCo
+# host side (TLS registry, test KBS, an encrypted and cosign-signed image), boots
+# the VM with initdata and starts a pod as kata's shim does: network, pause, the
+# app pulled, decrypted and verified in the guest, its output; a copy signed by
+# another key refused; DestroySandbox and the VM's own power-off. Step timings.
 demo: check-tools deps rootfs
+	$(VM) $(VM_ARGS) coco-demo
+
+# The busybox container lifecycle through the agent API (no guest pull).
+demo-busybox: check-tools deps rootfs
 	$(VM) $(VM_ARGS) demo
 
 # The agent on a unix socket on this host, driven by cvm-agent-ctl (no VM).

@@ -45,7 +45,7 @@ r=$stage/root
 mkdir -p "$r"
 
 # --- layout ----------------------------------------------------------------
-install -d -m 0755 "$r"/{dev,proc,sys,run,etc,root,usr/bin,usr/sbin,usr/share/cvm,lib/modules,var}
+install -d -m 0755 "$r"/{dev,proc,sys,run,etc,root,usr/bin,usr/sbin,usr/local/bin,usr/share/cvm,lib/modules,var}
 install -d -m 1777 "$r"/tmp
 ln -s usr/bin "$r/bin"
 ln -s usr/sbin "$r/sbin"
@@ -56,11 +56,14 @@ mknod -m 0666 "$r/dev/null" c 1 3
 # --- binaries ----------------------------------------------------------------
 install -m 0755 "$bin_dir/cvm-agent" "$r/usr/bin/cvm-agent"
 ln -s usr/bin/cvm-agent "$r/init"
-for opt in image-pull attestation-agent; do
-  if [ -x "$bin_dir/$opt" ]; then
-    install -m 0755 "$bin_dir/$opt" "$r/usr/bin/$opt"
+# Optional binaries, at the paths their launchers use: the guest components
+# where kata's agent starts them (/usr/local/bin, `agent.guest_components_procs`).
+for opt in usr/bin/image-pull usr/local/bin/attestation-agent usr/local/bin/confidential-data-hub; do
+  name=${opt##*/}
+  if [ -x "$bin_dir/$name" ]; then
+    install -D -m 0755 "$bin_dir/$name" "$r/$opt"
   else
-    echo "rootfs: $opt not built, left out"
+    echo "rootfs: $name not built, left out"
   fi
 done
 

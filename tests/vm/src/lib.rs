@@ -7,13 +7,24 @@
 //!   checks (KVM usable? TDX/SNP available?), refusing clearly when not.
 //! - `vm`: the running VM: every process it starts is in its own process
 //!   group and is killed by `Drop`, on success, failure or panic alike.
+//! - `coco`: the demo's host side (TLS registry, test KBS, an encrypted and
+//!   cosign-signed image), made fresh per run.
+//! - `coco_pod`: the demo's pod on the VM (pause, app by guest pull, a
+//!   stranger-signed image refused), used by `make demo` and its test.
+//! - `initdata`: the initdata disk image, written as kata's runtime does.
 //! - `scenario`: the busybox container lifecycle used by the end-to-end test
 //!   and by `make demo`.
+//! - `shim`: a CoCo pod as kata's Go shim starts it (generated agent messages,
+//!   kata's field values), each request timed.
 //!
 //! This crate never touches the host outside its own temporary directory.
 
+pub mod coco;
+pub mod coco_pod;
+pub mod initdata;
 pub mod qemu;
 pub mod scenario;
+pub mod shim;
 pub mod vm;
 
 pub use qemu::{Accel, Confidential, VmSpec};

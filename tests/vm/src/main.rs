@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use vm_harness::{default_image_dir, scenario, Accel, Confidential, Vm, VmSpec};
 
@@ -39,6 +40,14 @@ struct Args {
     /// Extra kernel parameter (repeatable), e.g. --append agent.log=debug.
     #[arg(long = "append", value_name = "PARAM")]
     append: Vec<String>,
+    /// An initdata TOML document (`version`, `algorithm`, `[data]` with
+    /// aa.toml, cdh.toml, policy.rego), attached as kata's runtime does: the
+    /// disk image written by `prepareInitdataImage`'s layout, raw virtio-blk.
+    #[arg(long, value_name = "FILE")]
+    initdata: Option<PathBuf>,
+    /// MAC address of the guest's NIC (eth0), as a shim's UpdateInterface names it.
+    #[arg(long, default_value = vm_harness::qemu::DEFAULT_MAC, value_name = "MAC")]
+    mac: String,
     /// Seconds to wait for the agent to answer Check.
     #[arg(long, default_value_t = 60)]
     ready_timeout: u64,
@@ -54,6 +63,19 @@ enum Cmd {
     /// Boot and run a busybox container through the agent API, then destroy
     /// the sandbox and check that the VM powers itself off.
     Demo,
+    /// The CoCo demo: a TLS registry, the test KBS and an encrypted, signed
+    /// image on this host; the VM boots with initdata (KBS, its certificate,
+    /// the image signature policy, agent/policy/confidential.rego); the pod
+    /// kata's shim starts runs the image pulled in the guest; a copy signed
+    /// by another key is refused.
+    CocoDemo,
+    /// Only the CoCo demo's host side: write its initdata to FILE, print the
+    /// image references, keep the registry and the KBS up until Ctrl-C
+    /// (then: cvm-vm --initdata FILE boot).
+    CocoHost {
+        #[arg(long, value_name = "FILE")]
+        write_initdata: PathBuf,
+    },
     /// Boot N times and print QEMU start -> agent ready for each.
     BootTime {
         #[arg(long, default_value_t = 3)]
@@ -88,6 +110,16 @@ fn main() -> ExitCode {
     spec.memory_mib = args.memory;
     spec.cpus = args.cpus;
     spec.extra_cmdline = args.append.clone();
+    spec.mac = args.mac.clone();
+    if let Some(path) = &args.initdata {
+        match std::fs::read(path) {
+            Ok(doc) => spec.initdata = Some(doc),
+            Err(err) => {
+                eprintln!("cvm-vm: --initdata {}: {err}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     if let Err(err) = spec.check_host() {
         eprintln!("cvm-vm: {err}");
         return ExitCode::from(2);
@@ -105,6 +137,8 @@ fn main() -> ExitCode {
         match args.command {
             Cmd::Boot => boot(&spec, ready).await,
             Cmd::Demo => demo(&spec, ready).await,
+            Cmd::CocoDemo => coco_demo(&spec, ready).await,
+            Cmd::CocoHost { write_initdata } => coco_host(&write_initdata).await,
             Cmd::BootTime { runs } => boot_time(&spec, ready, runs).await,
         }
     });
@@ -121,6 +155,9 @@ async fn boot(spec: &VmSpec, ready: Duration) -> anyhow::Result<()> {
     let mut vm = Vm::launch(spec, true)?;
     let t = vm.wait_agent_ready(ready).await?;
     println!("\ncvm-vm: agent ready {:.2} s after QEMU start", t.as_secs_f64());
+    // On a line of its own for scripts (one write: the console echo may have
+    // left a partial line), the socket a shim connects to.
+    print!("\nhybrid-vsock: {}\n", vm.vsock_socket.display());
     println!(
         "cvm-vm: try: cvm-agent-ctl --addr unix://{} --hybrid-vsock 1024 version   (Ctrl-C stops the VM)",
         vm.vsock_socket.display()
@@ -165,6 +202,68 @@ async fn demo(spec: &VmSpec, ready: Duration) -> anyhow::Result<()> {
         "cvm-vm: demo passed: boot {:.2} s, container lifecycle {:.2} s, power-off {:.2} s",
         out.boot.as_secs_f64(),
         out.lifecycle.as_secs_f64(),
+        out.power_off.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn confidential_policy() -> anyhow::Result<String> {
+    let path = vm_harness::workspace_root().join("agent/policy/confidential.rego");
+    std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn host_image_pull() -> PathBuf {
+    vm_harness::workspace_root().join("target/x86_64-unknown-linux-gnu/release/image-pull")
+}
+
+fn start_coco_host() -> anyhow::Result<vm_harness::coco::CocoHost> {
+    println!("cvm-vm: preparing the host side (registry, KBS, encrypted signed image)");
+    let host = vm_harness::coco::CocoHost::start(&host_image_pull())?;
+    for (what, took) in &host.timings {
+        println!("  {:<60} {:>6.2} s", what, took.as_secs_f64());
+    }
+    println!("  image {}  (stranger-signed copy: {})", host.image(), host.forged_image());
+    println!("  KBS {}", host.kbs_url());
+    Ok(host)
+}
+
+async fn coco_host(write_initdata: &std::path::Path) -> anyhow::Result<()> {
+    let host = start_coco_host()?;
+    std::fs::write(write_initdata, host.initdata(&confidential_policy()?).render())?;
+    println!("cvm-vm: initdata written to {} (Ctrl-C stops the registry and the KBS)", write_initdata.display());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+async fn coco_demo(spec: &VmSpec, ready: Duration) -> anyhow::Result<()> {
+    let host = start_coco_host()?;
+    let mut spec = spec.clone();
+    spec.initdata = Some(host.initdata(&confidential_policy()?).render().into_bytes());
+    // The attestation-agent and the data hub, launched by the agent (kata's
+    // parameter; `api-server-rest` would add the REST server we do not ship).
+    spec.extra_cmdline.push(vm_harness::coco::GUEST_COMPONENTS_PROCS.into());
+    let mut vm = Vm::launch(&spec, false)?;
+    let boot = vm.wait_agent_ready(ready).await?;
+    println!("cvm-vm: agent ready {:.2} s after QEMU start (initdata attached)", boot.as_secs_f64());
+    let out = vm_harness::coco_pod::run(&mut vm, &host, &spec.mac, |line| println!("  {line}")).await;
+    let console = vm.console();
+    let out = match out {
+        Ok(o) => o,
+        Err(err) => {
+            println!("--- guest console ---\n{}", console.trim_end());
+            return Err(err);
+        }
+    };
+    anyhow::ensure!(
+        out.app_stdout.contains(vm_harness::coco::SECRET_LINE),
+        "the app did not print the decrypted layer's line: {:?}",
+        out.app_stdout
+    );
+    println!("cvm-vm: the app printed: {}", out.app_stdout.trim_end());
+    println!("cvm-vm: the stranger-signed image was refused: {}", out.forged_refusal);
+    println!(
+        "cvm-vm: CoCo demo passed (boot {:.2} s, power-off {:.2} s)",
+        boot.as_secs_f64(),
         out.power_off.as_secs_f64()
     );
     Ok(())

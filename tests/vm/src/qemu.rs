@@ -8,6 +8,8 @@ use std::process::Command;
 
 pub const QEMU: &str = "qemu-system-x86_64";
 pub const VHOST_DEVICE_VSOCK: &str = "vhost-device-vsock";
+/// The guest NIC's MAC address unless told otherwise (QEMU's own default).
+pub const DEFAULT_MAC: &str = "52:54:00:12:34:56";
 
 /// How the guest's CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +76,11 @@ pub struct VmSpec {
     pub cid: u32,
     /// QEMU user networking with a virtio-net NIC.
     pub user_network: bool,
+    /// The NIC's MAC address (what a shim's UpdateInterface names as `hwAddr`).
+    pub mac: String,
+    /// An initdata TOML document: the VM writes it as kata's disk image (see
+    /// `initdata`) into its work directory and attaches it.
+    pub initdata: Option<Vec<u8>>,
     /// Extra kernel parameters (e.g. `agent.log=debug`).
     pub extra_cmdline: Vec<String>,
 }
@@ -92,6 +99,8 @@ impl VmSpec {
             firmware: None,
             cid: 3,
             user_network: true,
+            mac: DEFAULT_MAC.to_owned(),
+            initdata: None,
             extra_cmdline: Vec::new(),
         }
     }
@@ -122,8 +131,15 @@ impl VmSpec {
 
     /// QEMU arguments. `vhost_socket` is vhost-device-vsock's vhost-user
     /// socket; the serial console goes to `console_log` (and to stdout too
-    /// when `echo_console`).
-    pub fn qemu_args(&self, vhost_socket: &Path, console_log: &Path, echo_console: bool) -> Vec<String> {
+    /// when `echo_console`); `initdata_image` is attached as kata's QEMU
+    /// driver attaches it: raw virtio-blk PCI, drive id `initdata`.
+    pub fn qemu_args(
+        &self,
+        vhost_socket: &Path,
+        console_log: &Path,
+        echo_console: bool,
+        initdata_image: Option<&Path>,
+    ) -> Vec<String> {
         let mem = format!("{}M", self.memory_mib);
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
@@ -169,7 +185,21 @@ impl VmSpec {
         push(&["-device", "vhost-user-vsock-pci,chardev=vsock"]);
         push(&["-device", "virtio-rng-pci"]);
         if self.user_network {
-            push(&["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,romfile="]);
+            push(&[
+                "-netdev",
+                "user,id=net0",
+                "-device",
+                &format!("virtio-net-pci,netdev=net0,mac={},romfile=", self.mac),
+            ]);
+        }
+        if let Some(img) = initdata_image {
+            // govmm's BlockDevice for kata's initdata: if=none, raw, aio=threads,
+            // no SCSI, write cache off; read-only here as cloud-hypervisor's is.
+            push(&[
+                "-drive",
+                &format!("id=initdata,file={},aio=threads,format=raw,if=none,readonly=on", img.to_string_lossy()),
+            ]);
+            push(&["-device", "virtio-blk-pci,drive=initdata,scsi=off,config-wce=off"]);
         }
         a
     }
@@ -291,6 +321,8 @@ mod tests {
             firmware: None,
             cid: 3,
             user_network: true,
+            mac: DEFAULT_MAC.into(),
+            initdata: None,
             extra_cmdline: vec!["agent.log=debug".into()],
         }
     }
@@ -301,12 +333,14 @@ mod tests {
 
     #[test]
     fn plain_vm_uses_shared_memfd_vhost_user_vsock_and_user_networking() {
-        let args = spec().qemu_args(Path::new("/w/vhost.sock"), Path::new("/w/console.log"), false);
+        let args = spec().qemu_args(Path::new("/w/vhost.sock"), Path::new("/w/console.log"), false, None);
         assert_eq!(value_after(&args, "-accel"), vec!["tcg"]);
         assert!(value_after(&args, "-object").contains(&"memory-backend-memfd,id=mem,size=512M,share=on"));
         assert!(value_after(&args, "-device").contains(&"vhost-user-vsock-pci,chardev=vsock"));
         assert!(value_after(&args, "-chardev").contains(&"socket,id=vsock,path=/w/vhost.sock"));
         assert_eq!(value_after(&args, "-netdev"), vec!["user,id=net0"]);
+        assert!(value_after(&args, "-device").contains(&"virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56,romfile="));
+        assert!(value_after(&args, "-drive").is_empty(), "no initdata disk unless asked");
         assert!(args.contains(&"-no-reboot".to_owned()), "a guest reboot must end QEMU");
         let cmdline = value_after(&args, "-append")[0];
         assert!(cmdline.starts_with("console=ttyS0") && cmdline.ends_with("agent.log=debug"), "{cmdline}");
@@ -315,12 +349,26 @@ mod tests {
     }
 
     #[test]
+    fn initdata_is_a_raw_virtio_blk_disk_and_the_mac_is_configurable() {
+        let mut s = spec();
+        s.mac = "02:00:00:aa:bb:cc".into();
+        let args = s.qemu_args(Path::new("/w/v"), Path::new("/w/c"), false, Some(Path::new("/w/initdata.img")));
+        assert_eq!(
+            value_after(&args, "-drive"),
+            vec!["id=initdata,file=/w/initdata.img,aio=threads,format=raw,if=none,readonly=on"]
+        );
+        let devices = value_after(&args, "-device");
+        assert!(devices.contains(&"virtio-blk-pci,drive=initdata,scsi=off,config-wce=off"), "{devices:?}");
+        assert!(devices.contains(&"virtio-net-pci,netdev=net0,mac=02:00:00:aa:bb:cc,romfile="), "{devices:?}");
+    }
+
+    #[test]
     fn tdx_adds_the_guest_object_split_irqchip_and_firmware() {
         let mut s = spec();
         s.accel = Accel::Kvm;
         s.confidential = Confidential::Tdx;
         s.firmware = Some("/fw/OVMF.inteltdx.fd".into());
-        let args = s.qemu_args(Path::new("/w/v"), Path::new("/w/c"), false);
+        let args = s.qemu_args(Path::new("/w/v"), Path::new("/w/c"), false, None);
         assert!(value_after(&args, "-object").contains(&"tdx-guest,id=tee0"));
         let machine = value_after(&args, "-machine")[0];
         assert!(machine.starts_with("q35") && machine.contains("kernel-irqchip=split"), "{machine}");
@@ -334,7 +382,7 @@ mod tests {
         let mut s = spec();
         s.accel = Accel::Kvm;
         s.confidential = Confidential::Snp;
-        let args = s.qemu_args(Path::new("/w/v"), Path::new("/w/c"), false);
+        let args = s.qemu_args(Path::new("/w/v"), Path::new("/w/c"), false, None);
         let obj = value_after(&args, "-object").into_iter().find(|o| o.starts_with("sev-snp-guest")).unwrap();
         assert!(obj.contains("kernel-hashes=on") && obj.contains("cbitpos="), "{obj}");
     }

@@ -114,7 +114,16 @@ impl Vm {
         let console_log = dir.join("console.log");
         let qemu_log = dir.join("qemu.log");
         File::create(&console_log).map_err(VmError::WorkDir)?;
-        let args = spec.qemu_args(&vhost_socket, &console_log, false);
+        let initdata_image = match &spec.initdata {
+            Some(doc) => {
+                // kata: /run/kata-containers/shared/initdata/<id>/data.img
+                let img = dir.join("initdata.img");
+                crate::initdata::write_image(doc, &img).map_err(VmError::WorkDir)?;
+                Some(img)
+            }
+            None => None,
+        };
+        let args = spec.qemu_args(&vhost_socket, &console_log, false, initdata_image.as_deref());
         let started = Instant::now();
         let qemu =
             GroupChild::spawn(QEMU, Command::new(QEMU).args(&args).stdout(log(&qemu_log)?).stderr(log(&qemu_log)?))?;

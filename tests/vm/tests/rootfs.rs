@@ -1,6 +1,7 @@
 //! `rootfs/build.sh`: the same inputs give the same bytes, and the image has
 //! the layout PID 1 relies on (root-owned, fixed mtimes, /init, device nodes,
-//! modules with their dependency file, the busybox test rootfs).
+//! modules with their dependency file, the busybox test rootfs, the guest
+//! components where kata's agent launches them).
 //! Needs root, cpio and the static release agent (`make release`); skips with
 //! the reason otherwise, except with CI=true.
 
@@ -100,6 +101,9 @@ fn two_builds_give_the_same_bytes_and_the_layout_pid1_needs() {
         "etc/ssl/certs/ca-certificates.crt",
         "usr/share/cvm/busybox/bin/busybox",
         "usr/share/cvm/busybox/bin/sh",
+        // Where kata's agent launches the guest components from.
+        "usr/local/bin/attestation-agent",
+        "usr/local/bin/confidential-data-hub",
     ] {
         assert!(names.contains(&needed), "{needed} missing from the image:\n{listing}");
     }
@@ -110,6 +114,7 @@ fn two_builds_give_the_same_bytes_and_the_layout_pid1_needs() {
     );
     assert!(names.iter().any(|n| n.ends_with("/modules.dep")) && names.iter().any(|n| n.ends_with("/modules.load")));
     assert!(names.iter().any(|n| n.ends_with("vmw_vsock_virtio_transport.ko")), "vsock module missing");
+    assert!(names.iter().any(|n| n.ends_with("/virtio_blk.ko")), "virtio_blk (the initdata disk) missing");
     assert!(
         !names.iter().any(|n| n.ends_with(".ko.xz") || n.ends_with(".ko.zst")),
         "modules must be stored decompressed"
