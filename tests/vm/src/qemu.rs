@@ -107,7 +107,8 @@ impl VmSpec {
 
     /// Kernel command line: serial console, quiet, power off (not reboot) on
     /// panic, and parameters that skip slow probes of hardware we do not give
-    /// the guest.
+    /// the guest; and, as kata's runtime passes by default
+    /// (`KERNELPARAMS`), cgroup v2 only, which the agent mounts by kata's rule.
     pub fn kernel_cmdline(&self) -> String {
         let mut p: Vec<String> = [
             "console=ttyS0",
@@ -121,6 +122,8 @@ impl VmSpec {
             "cryptomgr.notests",
             "no_timer_check",
             "random.trust_cpu=on",
+            "cgroup_no_v1=all",
+            "systemd.unified_cgroup_hierarchy=1",
         ]
         .iter()
         .map(|s| s.to_string())
