@@ -8,7 +8,7 @@
 //!
 //! `agent.config_file=PATH` names a TOML file in the image whose keys
 //! (`server_addr`, `log_level`, `debug_console`, `unified_cgroup_hierarchy`,
-//! `log_vport`)
+//! `log_vport`, `image_pull_timeout`)
 //! sit below the kernel parameters: a key given on the command line wins.
 //! PID 1 settings (`InitParams`): cgroup v2 unless
 //! `agent.unified_cgroup_hierarchy=0`; the debug console off unless
@@ -93,6 +93,9 @@ pub struct KernelParams {
     pub unified_cgroup_hierarchy: Option<bool>,
     /// `agent.log_vport=PORT`: also send logs to the host on this vsock port.
     pub log_vport: Option<u32>,
+    /// `agent.image_pull_timeout=SECS` (kata's key; > 0): the deadline of
+    /// one PullImage call to the confidential data hub.
+    pub image_pull_timeout: Option<std::time::Duration>,
     /// Keys we saw but do not act on (yet), kept for one log line at start-up.
     pub ignored: Vec<String>,
 }
@@ -124,6 +127,10 @@ impl KernelParams {
                     Ok(p) if p > 0 => params.log_vport = Some(p),
                     _ => params.ignored.push(word.to_owned()),
                 },
+                "image_pull_timeout" => match value.parse::<u64>() {
+                    Ok(s) if s > 0 => params.image_pull_timeout = Some(std::time::Duration::from_secs(s)),
+                    _ => params.ignored.push(word.to_owned()),
+                },
                 _ => params.ignored.push(word.to_owned()),
             }
         }
@@ -142,6 +149,8 @@ impl KernelParams {
         self.debug_console = self.debug_console.or(file.debug_console);
         self.unified_cgroup_hierarchy = self.unified_cgroup_hierarchy.or(file.unified_cgroup_hierarchy);
         self.log_vport = self.log_vport.or(file.log_vport);
+        self.image_pull_timeout =
+            self.image_pull_timeout.or(file.image_pull_timeout.filter(|s| *s > 0).map(std::time::Duration::from_secs));
         self
     }
 
@@ -185,6 +194,8 @@ pub struct FileConfig {
     pub debug_console: Option<bool>,
     pub unified_cgroup_hierarchy: Option<bool>,
     pub log_vport: Option<u32>,
+    /// Seconds, as `agent.image_pull_timeout`.
+    pub image_pull_timeout: Option<u64>,
 }
 
 fn de_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<LogLevel>, D::Error> {
@@ -224,6 +235,8 @@ pub struct AgentConfig {
     pub server_addr: SockAddr,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
+    /// Deadline of one guest image pull (kata's default 1200 s).
+    pub image_pull_timeout: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +264,7 @@ impl AgentConfig {
             server_addr,
             log_level: flags.log_level.or(kernel.log_level).unwrap_or(LogLevel::Info),
             log_format: flags.log_format.unwrap_or(LogFormat::Text),
+            image_pull_timeout: kernel.image_pull_timeout.unwrap_or(crate::image_pull::DEFAULT_IMAGE_PULL_TIMEOUT),
         })
     }
 }
@@ -341,6 +355,19 @@ mod tests {
         );
         assert_eq!(policy_file(false, None, Some("/x.rego".into())).0, std::path::Path::new("/x.rego"));
         assert_eq!(policy_file(false, None, None).0, std::path::Path::new(crate::policy::DEFAULT_POLICY_FILE));
+    }
+
+    #[test]
+    fn image_pull_timeout_is_kata_s_key_in_seconds_default_1200() {
+        let cfg = AgentConfig::resolve(&KernelParams::default(), None, &Overrides::default()).unwrap();
+        assert_eq!(cfg.image_pull_timeout, std::time::Duration::from_secs(1200));
+        let k = KernelParams::parse("agent.image_pull_timeout=30");
+        assert_eq!(k.image_pull_timeout, Some(std::time::Duration::from_secs(30)));
+        let k = KernelParams::parse("agent.image_pull_timeout=0 agent.image_pull_timeout=soon");
+        assert_eq!((k.image_pull_timeout, k.ignored.len()), (None, 2));
+        let file = FileConfig::parse("image_pull_timeout = 60").unwrap();
+        let k = KernelParams::parse("").with_file_defaults(file);
+        assert_eq!(k.image_pull_timeout, Some(std::time::Duration::from_secs(60)));
     }
 
     #[test]
