@@ -31,7 +31,13 @@ use protos::agent_ttrpc::AgentServiceClient;
 use support::layout::{busybox_rootfs_layer, Compression, ImageBuilder};
 use support::registry::{Registry, RegistryOptions};
 
-const PAUSE: &str = env!("CARGO_BIN_EXE_pause");
+const PAUSE_BUILT: &str = env!("CARGO_BIN_EXE_pause");
+
+/// The pause program: this crate's, or a static build of it named by
+/// CVM_AGENT_TEST_PAUSE (e.g. the release one) so the pause container can run.
+fn pause_bin() -> String {
+    std::env::var("CVM_AGENT_TEST_PAUSE").unwrap_or_else(|_| PAUSE_BUILT.to_string())
+}
 
 /// target/<profile>/confidential-data-hub, next to this test's deps/ dir.
 fn cdh_bin() -> PathBuf {
@@ -114,7 +120,7 @@ impl Drop for Hub {
 fn pause_bundle(dir: &Path) -> PathBuf {
     let b = dir.join("pause_bundle");
     std::fs::create_dir_all(b.join("rootfs")).unwrap();
-    std::fs::copy(PAUSE, b.join("rootfs/pause")).unwrap();
+    std::fs::copy(pause_bin(), b.join("rootfs/pause")).unwrap();
     let config = r#"{"ociVersion":"1.0.2","process":{"terminal":false,"user":{"uid":65535,"gid":65535},"args":["/pause"],
         "env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"cwd":"/","noNewPrivileges":true},
         "root":{"path":"rootfs","readonly":true}}"#;
@@ -201,11 +207,8 @@ fn app_image() -> support::layout::BuiltImage {
         .build()
 }
 
-fn metrics(rt: &Rt) -> impl std::future::Future<Output = String> + '_ {
-    async move {
-        let m = rt.client.get_metrics(ctx(), &GetMetricsRequest::default()).await.expect("GetMetrics");
-        m.metrics
-    }
+async fn metrics(rt: &Rt) -> String {
+    rt.client.get_metrics(ctx(), &GetMetricsRequest::default()).await.expect("GetMetrics").metrics
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,7 +229,16 @@ async fn a_kata_pod_pulls_its_image_in_the_guest_runs_it_and_unmounts_it_on_remo
     // The sandbox container: the pause bundle, no pull.
     create(&rt, "sb", "sandbox", "pause", &[]).await.expect("CreateContainer of the pause container");
     assert!(base.join("sb/rootfs/pause").is_file());
-    rt.start_c("sb").await.expect("StartContainer of the pause container");
+    // kata copies only the pause program into the sandbox rootfs, so it must be
+    // static: it is in the guest image (`make release`: crt-static); a debug
+    // build of this crate is not, and then only the bundle is checked here
+    // (`the_pause_program_*` runs it directly; CVM_AGENT_TEST_PAUSE names a static one).
+    let pause_runs = support::tarball::is_static_elf(&std::fs::read(pause_bin()).unwrap());
+    if pause_runs {
+        rt.start_c("sb").await.expect("StartContainer of the pause container");
+    } else {
+        println!("NOTE: {} is dynamically linked: the pause container is created, not started", pause_bin());
+    }
 
     // The app: pulled by the data hub; its config supplies args and cwd.
     let image = reg.reference("app:1");
@@ -244,8 +256,10 @@ async fn a_kata_pod_pulls_its_image_in_the_guest_runs_it_and_unmounts_it_on_remo
     rt.remove("app").await.expect("RemoveContainer");
     assert!(mounts_under(&base.join("app")).is_empty(), "RemoveContainer left {:?}", mounts_under(&base.join("app")));
     assert!(!base.join("app").exists(), "RemoveContainer left the bundle");
-    rt.signal("sb", "sb", libc::SIGTERM).await.expect("SIGTERM to pause");
-    assert_eq!(rt.wait("sb", "sb").await, 0, "pause exits 0 on SIGTERM");
+    if pause_runs {
+        rt.signal("sb", "sb", libc::SIGTERM).await.expect("SIGTERM to pause");
+        assert_eq!(rt.wait("sb", "sb").await, 0, "pause exits 0 on SIGTERM");
+    }
     rt.remove("sb").await.expect("RemoveContainer of the pause container");
     assert!(!base.join("sb").exists());
 
@@ -326,5 +340,37 @@ async fn refused_pulls_fail_create_container_naming_the_cause_and_leave_no_mount
     let m = metrics(&rt).await;
     for outcome in ["unavailable", "not_found", "permission_denied", "ok"] {
         assert!(m.contains(&format!("cvm_agent_guest_pulls_total{{outcome=\"{outcome}\"}} 1\n")), "{outcome}: {m}");
+    }
+}
+
+/// The pause program itself: it reaps the children it inherits (no zombie
+/// stays) and exits 0 on SIGTERM and SIGINT.
+#[test]
+fn the_pause_program_reaps_inherited_children_and_exits_zero_on_sigterm_and_sigint() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("orphan.pid");
+        // sh starts a short-lived child, then becomes pause: pause inherits it.
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("sleep 0.2 & echo $! > {}; exec {}", pidfile.display(), pause_bin()))
+            .spawn()
+            .expect("run pause");
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(child.try_wait().unwrap().is_none(), "pause must keep running");
+        let orphan = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+        let stat = std::fs::read_to_string(format!("/proc/{orphan}/stat")).unwrap_or_default();
+        assert!(stat.is_empty(), "pause left its exited child unreaped: {stat}");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "pause did not exit on signal {sig}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(0), "signal {sig}");
     }
 }
