@@ -118,6 +118,28 @@ awk -v list="$stage/kept" 'BEGIN{while((getline l < list)>0) keep[l]=1}
     print line }' "$moddir/modules.dep" | LC_ALL=C sort >"$kdst/modules.dep"
 cp "$stage/load" "$kdst/modules.load"
 
+# --- pause bundle ---
+# kata's /pause_bundle: the sandbox container of a pod whose images are pulled
+# in the guest runs rootfs/pause with this config.json's process.
+[ -x "$bin_dir/pause" ] || die "$bin_dir/pause missing (the pause bundle's program): run make release"
+install -d -m 0755 "$r/pause_bundle/rootfs"
+install -m 0755 "$bin_dir/pause" "$r/pause_bundle/rootfs/pause"
+cat >"$r/pause_bundle/config.json" <<'JSON'
+{
+  "ociVersion": "1.0.2",
+  "process": {
+    "terminal": false,
+    "user": {"uid": 65535, "gid": 65535},
+    "args": ["/pause"],
+    "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+    "cwd": "/",
+    "noNewPrivileges": true
+  },
+  "root": {"path": "rootfs", "readonly": true}
+}
+JSON
+# --- end pause bundle ---
+
 # --- busybox rootfs for the end-to-end test container --------------------------
 bb=$r/usr/share/cvm/busybox
 install -d -m 0755 "$bb"/{bin,etc,proc,sys,dev,tmp,root}

@@ -269,9 +269,22 @@ no_dot_dot(path) if {
 }
 
 container_storage_allowed(s) if {
+	s.driver != "image_guest_pull"
 	s.driver in policy_data.container_storage_drivers
 	startswith(s.mount_point, policy_data.storage_base)
 	no_dot_dot(s.mount_point)
+}
+
+# As kata's genpolicy: a guest-pulled image is this container's own rootfs,
+# in the shape kata's shim sends (overlay, no options, no fsGroup, not shared).
+container_storage_allowed(s) if {
+	s.driver == "image_guest_pull"
+	s.driver in policy_data.container_storage_drivers
+	s.fstype == "overlay"
+	count(object.get(s, "options", [])) == 0
+	is_null(object.get(s, "fs_group", null))
+	object.get(s, "shared", false) == false
+	s.mount_point == concat("", [policy_data.storage_base, input.container_id, "/rootfs"])
 }
 
 cap_allowed(cap) if cap in policy_data.capabilities

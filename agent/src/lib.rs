@@ -16,6 +16,7 @@ pub mod ctl;
 pub mod flow;
 pub mod guest_clock;
 pub mod guest_details;
+pub mod image_pull;
 pub mod init;
 pub mod initdata;
 pub mod jail;

@@ -1,6 +1,7 @@
 //! GetMetrics: the agent's own figures in Prometheus text format (resident
-//! memory, open descriptors, threads, containers) and the policy's decision
-//! counters. Read from /proc/self on each call; nothing is kept between calls.
+//! memory, open descriptors, threads, containers), the guest image pulls
+//! (by outcome, and seconds spent) and the policy's decision counters. Read
+//! from /proc/self on each call; nothing is kept between calls.
 
 use std::fmt::Write as _;
 
@@ -33,6 +34,7 @@ pub fn prometheus(sandbox: &Sandbox, policy: &AgentPolicy) -> String {
     let fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64);
     gauge(&mut out, "cvm_agent_open_fds", "Open file descriptors of the agent.", fds);
     gauge(&mut out, "cvm_agent_containers", "Containers in the sandbox.", Some(sandbox.container_count() as u64));
+    sandbox.pull_counters().prometheus(&mut out);
     policy.counters().prometheus(&mut out);
     guest_components(&mut out, &crate::components::status::global().snapshot());
     out

@@ -24,7 +24,7 @@ pub async fn serve_until(
 ) -> anyhow::Result<()> {
     let addr = &config.server_addr;
     let listener = addr.listen().with_context(|| format!("cannot listen on {addr}"))?;
-    let services = crate::rpc::services(shutdown.clone(), reaper, policy);
+    let services = crate::rpc::services(shutdown.clone(), reaper, policy, config.image_pull_timeout);
     let mut server = Server::new().add_listener(listener).register_service(services);
     server.start().await.with_context(|| format!("cannot start ttrpc server on {addr}"))?;
     tracing::info!(%addr, version = crate::rpc::AGENT_VERSION, "agent ready");

@@ -26,6 +26,7 @@ const MAPPED: &[&str] = &[
     "launch_process_timeout",
     "guest_components_procs",
     "guest_components_rest_api",
+    "image_pull_timeout",
 ];
 
 /// kata's other keys: accepted, ignored with a warning naming them.
@@ -33,7 +34,6 @@ const ACCEPTED_IGNORED: &[&str] = &[
     "dev_mode",
     "hotplug_timeout",
     "cdh_api_timeout",
-    "image_pull_timeout",
     "cdi_timeout",
     "visible_cdi_devices",
     "debug_console_vport",
@@ -78,6 +78,9 @@ pub struct FileConfig {
     pub guest_components_procs: Option<Procs>,
     #[serde(default, deserialize_with = "de_parse")]
     pub guest_components_rest_api: Option<RestApi>,
+    /// The deadline of one guest image pull (`agent.image_pull_timeout`).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub image_pull_timeout: Option<Duration>,
 }
 
 /// A parsed file and what to warn about once logging is up.

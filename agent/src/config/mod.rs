@@ -110,6 +110,9 @@ pub struct KernelParams {
     pub guest_components_procs: Option<Procs>,
     /// `agent.guest_components_rest_api=`.
     pub guest_components_rest_api: Option<RestApi>,
+    /// `agent.image_pull_timeout=SECS` (kata's key; > 0): the deadline of
+    /// one PullImage call to the confidential data hub.
+    pub image_pull_timeout: Option<Duration>,
     /// Keys we saw but do not act on (yet), kept for one log line at start-up.
     pub ignored: Vec<String>,
 }
@@ -162,6 +165,13 @@ impl KernelParams {
                 "guest_components_rest_api" => {
                     value.parse().map(|r| params.guest_components_rest_api = Some(r)).is_ok()
                 }
+                "image_pull_timeout" => match value.parse::<u64>() {
+                    Ok(s) if s > 0 => {
+                        params.image_pull_timeout = Some(Duration::from_secs(s));
+                        true
+                    }
+                    _ => false,
+                },
                 _ => false,
             };
             if !ok {
@@ -190,6 +200,7 @@ impl KernelParams {
             launch_process_timeout: file.launch_process_timeout.filter(|t| !t.is_zero()),
             guest_components_procs: file.guest_components_procs,
             guest_components_rest_api: file.guest_components_rest_api,
+            image_pull_timeout: file.image_pull_timeout.filter(|t| !t.is_zero()),
             ignored: Vec::new(),
         }
     }
@@ -256,6 +267,8 @@ pub struct AgentConfig {
     pub server_addr: SockAddr,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
+    /// Deadline of one guest image pull (kata's default 1200 s).
+    pub image_pull_timeout: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +296,7 @@ impl AgentConfig {
             server_addr,
             log_level: flags.log_level.or(kernel.log_level).unwrap_or(LogLevel::Info),
             log_format: flags.log_format.unwrap_or(LogFormat::Text),
+            image_pull_timeout: kernel.image_pull_timeout.unwrap_or(crate::image_pull::DEFAULT_IMAGE_PULL_TIMEOUT),
         })
     }
 }
@@ -409,6 +423,19 @@ mod tests {
         );
         assert_eq!(policy_file(false, None, Some("/x.rego".into())).0, std::path::Path::new("/x.rego"));
         assert_eq!(policy_file(false, None, None).0, std::path::Path::new(crate::policy::DEFAULT_POLICY_FILE));
+    }
+
+    #[test]
+    fn image_pull_timeout_is_kata_s_key_in_seconds_default_1200() {
+        let cfg = AgentConfig::resolve(&KernelParams::default(), None, &Overrides::default()).unwrap();
+        assert_eq!(cfg.image_pull_timeout, std::time::Duration::from_secs(1200));
+        let k = KernelParams::parse("agent.image_pull_timeout=30");
+        assert_eq!(k.image_pull_timeout, Some(std::time::Duration::from_secs(30)));
+        let k = KernelParams::parse("agent.image_pull_timeout=0 agent.image_pull_timeout=soon");
+        assert_eq!((k.image_pull_timeout, k.ignored.len()), (None, 2));
+        let file = file::LoadedFile::parse("image_pull_timeout = { secs = 60, nanos = 0 }").unwrap().config;
+        let k = KernelParams::parse("agent.image_pull_timeout=5").replaced_by_file("/etc/agent.toml".into(), file);
+        assert_eq!(k.image_pull_timeout, Some(std::time::Duration::from_secs(60)));
     }
 
     #[test]

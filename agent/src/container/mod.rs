@@ -37,6 +37,12 @@ pub enum RuntimeError {
     Internal(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A peer refused (e.g. the data hub's signature policy).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A peer the request needs is not there (e.g. the data hub, a registry, the KBS).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 pub type Result<T> = std::result::Result<T, RuntimeError>;

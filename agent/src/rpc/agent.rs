@@ -45,6 +45,8 @@ fn status(err: RuntimeError) -> ttrpc::Error {
         RuntimeError::InvalidArgument(_) => ttrpc::Code::INVALID_ARGUMENT,
         RuntimeError::FailedPrecondition(_) => ttrpc::Code::FAILED_PRECONDITION,
         RuntimeError::DeadlineExceeded(_) => ttrpc::Code::DEADLINE_EXCEEDED,
+        RuntimeError::PermissionDenied(_) => ttrpc::Code::PERMISSION_DENIED,
+        RuntimeError::Unavailable(_) => ttrpc::Code::UNAVAILABLE,
         RuntimeError::Internal(_) => ttrpc::Code::INTERNAL,
     };
     tracing::warn!(error = %err, ?code, "request failed");

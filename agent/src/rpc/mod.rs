@@ -27,8 +27,11 @@ pub fn services(
     shutdown: Shutdown,
     reaper: Reaper,
     policy: Arc<AgentPolicy>,
+    image_pull_timeout: std::time::Duration,
 ) -> HashMap<String, ttrpc::r#async::Service> {
-    let sandbox = Arc::new(Sandbox::new(reaper, shutdown, RuntimeConfig::from_env()));
+    let config = RuntimeConfig::from_env();
+    let puller = Arc::new(crate::image_pull::CdhPuller::new(config.cdh_addr.clone(), image_pull_timeout));
+    let sandbox = Arc::new(Sandbox::new(reaper, shutdown, config, puller));
     let handlers = AgentRpc::new(sandbox, policy.clone());
     #[cfg(not(feature = "bench-no-policy"))]
     let agent: Arc<dyn protos::agent_ttrpc::AgentService + Send + Sync> = Arc::new(PolicyGate::new(handlers, policy));

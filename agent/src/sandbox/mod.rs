@@ -1,11 +1,14 @@
 //! The pod: its id, hostname, DNS, its own storages, the namespace holder
 //! shared by its containers (uts, ipc, optionally pid), and the table of
-//! containers. Storages named by a CreateContainer belong to that container.
+//! containers. Storages named by a CreateContainer belong to that container,
+//! an `image_guest_pull` rootfs included (pulled by the data hub through the
+//! [`ImagePuller`] seam).
 //!
 //! The table's lock is held only to look up, insert or remove an entry, never
 //! across a container operation: each container has its own locks, so no
 //! request for one container waits on another.
 
+pub mod guest_pull;
 pub mod storage;
 mod tmpfs;
 
@@ -18,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::cgroups::valid_id;
 use crate::container::{Container, CreateParams, Result, RuntimeError};
+use crate::image_pull::{ImagePuller, PullCounters};
 use crate::jail::protocol::{InitConfig, Mode, NsRequest};
 use crate::namespaces::NsKind;
 use crate::process::{spawn, stdio, Process};
@@ -40,6 +44,19 @@ pub struct RuntimeConfig {
     /// Every storage mount point lies under it; default /run/kata-containers
     /// (where kata's shim points storages), env CVM_AGENT_STORAGE_BASE.
     pub storage_base: PathBuf,
+    /// The guest image's pause bundle (kata's /pause_bundle), env
+    /// CVM_AGENT_PAUSE_BUNDLE when not PID 1.
+    pub pause_bundle: PathBuf,
+    /// The confidential data hub's ttrpc address (kata's
+    /// unix:///run/confidential-containers/cdh.sock), env CVM_AGENT_CDH_ADDR
+    /// when not PID 1.
+    pub cdh_addr: String,
+}
+
+/// A development override, never taken by PID 1 (whose environment the host
+/// writes on the kernel command line).
+fn dev_env(name: &str) -> Option<String> {
+    (std::process::id() != 1).then(|| std::env::var(name).ok()).flatten().filter(|v| !v.is_empty())
 }
 
 impl RuntimeConfig {
@@ -55,6 +72,11 @@ impl RuntimeConfig {
                 .map(PathBuf::from)
                 .filter(|p| p.is_absolute())
                 .unwrap_or_else(|| PathBuf::from("/run/kata-containers")),
+            pause_bundle: dev_env("CVM_AGENT_PAUSE_BUNDLE")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .unwrap_or_else(|| PathBuf::from(guest_pull::DEFAULT_PAUSE_BUNDLE)),
+            cdh_addr: dev_env("CVM_AGENT_CDH_ADDR").unwrap_or_else(|| crate::image_pull::DEFAULT_CDH_ADDR.into()),
         }
     }
 }
@@ -79,6 +101,8 @@ pub struct Sandbox {
     creating: Mutex<HashSet<String>>,
     oom_tx: mpsc::Sender<String>,
     oom_rx: tokio::sync::Mutex<mpsc::Receiver<String>>,
+    puller: Arc<dyn ImagePuller>,
+    pull_counters: PullCounters,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -86,7 +110,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Sandbox {
-    pub fn new(reaper: Reaper, shutdown: Shutdown, config: RuntimeConfig) -> Sandbox {
+    pub fn new(reaper: Reaper, shutdown: Shutdown, config: RuntimeConfig, puller: Arc<dyn ImagePuller>) -> Sandbox {
         // Bounded: a host that never calls GetOOMEvent must not grow the
         // agent's memory; later events are dropped (and logged) instead.
         let (oom_tx, oom_rx) = mpsc::channel(OOM_EVENT_BACKLOG);
@@ -99,7 +123,14 @@ impl Sandbox {
             creating: Mutex::new(HashSet::new()),
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
+            puller,
+            pull_counters: PullCounters::default(),
         }
+    }
+
+    /// Guest image pull counters (GetMetrics).
+    pub fn pull_counters(&self) -> &PullCounters {
+        &self.pull_counters
     }
 
     pub fn reaper(&self) -> &Reaper {
@@ -293,11 +324,14 @@ impl Sandbox {
         exec_id: String,
         sandbox_pidns: bool,
         storages: &[protos::agent::Storage],
-        spec: protos::oci::Spec,
+        mut spec: protos::oci::Spec,
     ) -> Result<Arc<Container>> {
         // The container's storages belong to it: undone in reverse order if
         // creating it fails at any later step, and by RemoveContainer.
-        let prepared = storage::prepare_all(&self.config.storage_base, storages)?;
+        let (prepared, image) = self.prepare_container_storages(id, storages).await?;
+        if let Some(image) = &image {
+            guest_pull::apply(&mut spec, image);
+        }
         let mut shared = lock(&self.state).shared.clone();
         if !sandbox_pidns {
             shared.pid = None;
@@ -320,6 +354,47 @@ impl Sandbox {
                 Err(e)
             }
         }
+    }
+
+    /// Prepares a container's storages in order (an image_guest_pull one
+    /// through the data hub); if one fails, undoes the ones before it.
+    async fn prepare_container_storages(
+        &self,
+        id: &str,
+        storages: &[protos::agent::Storage],
+    ) -> Result<(Vec<Prepared>, Option<guest_pull::ImageProcess>)> {
+        if storages.iter().filter(|s| s.driver == guest_pull::DRIVER).count() > 1 {
+            return Err(RuntimeError::InvalidArgument(format!(
+                "container {id:?} names more than one {} storage (one rootfs per container)",
+                guest_pull::DRIVER
+            )));
+        }
+        let driver = guest_pull::GuestPull {
+            base: &self.config.storage_base,
+            puller: self.puller.as_ref(),
+            pause_bundle: &self.config.pause_bundle,
+            counters: &self.pull_counters,
+        };
+        let mut done = Vec::with_capacity(storages.len());
+        let mut image = None;
+        for s in storages {
+            let result = if s.driver == guest_pull::DRIVER {
+                driver.prepare(id, s).await.map(|(p, process)| {
+                    image = Some(process);
+                    p
+                })
+            } else {
+                storage::prepare(&self.config.storage_base, s)
+            };
+            match result {
+                Ok(p) => done.push(p),
+                Err(e) => {
+                    storage::undo_all(done);
+                    return Err(e);
+                }
+            }
+        }
+        Ok((done, image))
     }
 
     pub async fn remove_container(&self, id: &str, timeout: Option<Duration>) -> Result<()> {

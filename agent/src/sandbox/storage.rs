@@ -1,5 +1,5 @@
 //! Storages named in CreateSandbox/CreateContainer, per driver. Supported:
-//! `local` (a directory, kata's `mode=` and `fsgid=` options), `ephemeral`
+//! `image_guest_pull` (CreateContainer only, `guest_pull.rs`), `local` (a directory, kata's `mode=` and `fsgid=` options), `ephemeral`
 //! (a new tmpfs, e.g. the sandbox's /dev/shm, with checked mount options and
 //! `fsgid=`) and `bind` (a bind mount of an existing guest path). Every
 //! option is checked against a list; an unknown one is refused by name.
@@ -129,6 +129,9 @@ pub enum Prepared {
     Dir(PathBuf),
     /// A bind mount; `root` refers to the mount itself.
     Mount { target: PathBuf, root: OwnedFd },
+    /// An `image_guest_pull` bundle (`<base>/<cid>`): its rootfs mounted by
+    /// the data hub, or the pause rootfs; unmounted and removed when undone.
+    GuestPull { bundle: PathBuf },
 }
 
 fn io_err<'a>(what: &str, p: &'a str) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
@@ -231,32 +234,25 @@ pub fn prepare(base: &Path, s: &protos::agent::Storage) -> Result<Prepared, Runt
             tracing::debug!(source = %s.source, mount_point = mp, ro, "bind storage mounted");
             Ok(Prepared::Mount { target, root })
         }
+        super::guest_pull::DRIVER => Err(RuntimeError::InvalidArgument(format!(
+            "{} storage {mp:?}: only a CreateContainer may name one (it is that container's rootfs)",
+            super::guest_pull::DRIVER
+        ))),
         other => Err(RuntimeError::InvalidArgument(format!(
-            "storage driver {other:?} is not supported by this agent (supported: local, ephemeral, bind)"
+            "storage driver {other:?} is not supported by this agent (supported: image_guest_pull, local, ephemeral, bind)"
         ))),
     }
 }
 
-/// Prepares `storages` in order; if one fails, undoes the ones before it.
-pub fn prepare_all(base: &Path, storages: &[protos::agent::Storage]) -> Result<Vec<Prepared>, RuntimeError> {
-    let mut done = Vec::with_capacity(storages.len());
-    for s in storages {
-        match prepare(base, s) {
-            Ok(p) => done.push(p),
-            Err(e) => {
-                undo_all(done);
-                return Err(e);
+pub fn undo(p: Prepared) {
+    match p {
+        Prepared::Mount { target, root } => {
+            if let Err(e) = beneath::unmount(&root) {
+                tracing::warn!(mount_point = %target.display(), error = %e, "storage unmount failed");
             }
         }
-    }
-    Ok(done)
-}
-
-pub fn undo(p: Prepared) {
-    if let Prepared::Mount { target, root } = p {
-        if let Err(e) = beneath::unmount(&root) {
-            tracing::warn!(mount_point = %target.display(), error = %e, "storage unmount failed");
-        }
+        Prepared::GuestPull { bundle } => super::guest_pull::remove_bundle(&bundle),
+        Prepared::Dir(_) => {}
     }
 }
 
