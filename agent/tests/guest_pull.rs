@@ -351,11 +351,14 @@ fn the_pause_program_reaps_inherited_children_and_exits_zero_on_sigterm_and_sigi
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("orphan.pid");
         // sh starts a short-lived child, then becomes pause: pause inherits it.
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!("sleep 0.2 & echo $! > {}; exec {}", pidfile.display(), pause_bin()))
-            .spawn()
-            .expect("run pause");
+        let mut child = Killed(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("sleep 0.2 & echo $! > {}; exec {}", pidfile.display(), pause_bin()))
+                .spawn()
+                .expect("run pause"),
+        );
+        let child = &mut child.0;
         std::thread::sleep(Duration::from_millis(800));
         assert!(child.try_wait().unwrap().is_none(), "pause must keep running");
         let orphan = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
@@ -372,5 +375,15 @@ fn the_pause_program_reaps_inherited_children_and_exits_zero_on_sigterm_and_sigi
             std::thread::sleep(Duration::from_millis(20));
         };
         assert_eq!(status.code(), Some(0), "signal {sig}");
+    }
+}
+
+/// A child killed and reaped when the test ends, passed or not.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
