@@ -358,6 +358,12 @@ async fn download(
             }
             let chunk = match rate.within(resp.chunk()).await {
                 Some(Ok(Some(c))) => c,
+                // A body that ends short of the descriptor's size (a proxy's
+                // wrong Content-Length) is resumed after what arrived.
+                Some(Ok(None)) if hasher.len() < job.blob_size => {
+                    last_error = format!("response ended at byte {} of {}", hasher.len(), job.blob_size);
+                    continue 'attempt;
+                }
                 Some(Ok(None)) => break 'attempt,
                 Some(Err(e)) => {
                     last_error = RegistryError::transport(resp.url().as_str(), e).to_string();
