@@ -54,40 +54,46 @@ fn image_pull_killed_at_random_points_leaves_a_store_the_next_pull_completes() {
         return;
     }
     let reg = Registry::start(RegistryOptions::plain());
-    let img = ImageBuilder::new()
-        .layer(LayerSpec::entries(
-            vec![TarEntry::dir("data"), TarEntry::file("data/a", noise(11, 160 * 1024))],
-            Compression::Gzip,
-        ))
-        .layer(LayerSpec::entries(vec![TarEntry::file("data/b", noise(12, 96 * 1024))], Compression::Zstd))
-        .layer(LayerSpec::entries(vec![TarEntry::file("data/c", noise(13, 64 * 1024))], Compression::Gzip))
-        .build();
-    let layout = tempfile::tempdir().unwrap();
-    img.write_to_layout(layout.path(), "t");
-    reg.push_oci_layout(layout.path(), "t", "app:1");
-
     let dir = tempfile::tempdir().unwrap();
-    // The clean reference: layers and rootfs.
-    let clean_work = dir.path().join("clean");
-    let clean_bundle = dir.path().join("clean-bundle");
-    let out = image_pull(&clean_work, &reg.reference("app:1"), &clean_bundle).output().unwrap();
-    assert!(out.status.success(), "clean pull: {}", String::from_utf8_lossy(&out.stderr));
-    let clean_layers = committed_layers(&clean_work);
-    let clean_rootfs = tree(&clean_bundle.join("rootfs"));
-    umount(&clean_bundle.join("rootfs"));
-    assert_eq!(clean_layers.len(), 3);
+    // Three images (two kill rounds each: a completed pull makes the next one of the same
+    // image instant); the clean reference of each: layers and rootfs.
+    let mut clean_layers = std::collections::BTreeMap::new();
+    let mut clean_rootfs = Vec::new();
+    for i in 0..3u64 {
+        let img = ImageBuilder::new()
+            .layer(LayerSpec::entries(
+                vec![TarEntry::dir("data"), TarEntry::file("data/a", noise(10 * i + 1, 160 * 1024))],
+                Compression::Gzip,
+            ))
+            .layer(LayerSpec::entries(vec![TarEntry::file("data/b", noise(10 * i + 2, 96 * 1024))], Compression::Zstd))
+            .layer(LayerSpec::entries(vec![TarEntry::file("data/c", noise(10 * i + 3, 64 * 1024))], Compression::Gzip))
+            .cmd(&["/data/c"])
+            .build();
+        let layout = tempfile::tempdir().unwrap();
+        img.write_to_layout(layout.path(), "t");
+        reg.push_oci_layout(layout.path(), "t", &format!("app:{i}"));
+        let clean_work = dir.path().join(format!("clean{i}"));
+        let clean_bundle = dir.path().join(format!("clean-bundle{i}"));
+        let out = image_pull(&clean_work, &reg.reference(&format!("app:{i}")), &clean_bundle).output().unwrap();
+        assert!(out.status.success(), "clean pull: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(committed_layers(&clean_work).len(), 3);
+        clean_layers.extend(committed_layers(&clean_work));
+        clean_rootfs.push(tree(&clean_bundle.join("rootfs")));
+        umount(&clean_bundle.join("rootfs"));
+    }
 
-    // ~320 KiB at 8 KiB per 25 ms: about a second per pull.
-    let proxy = FaultProxy::start(&reg.host(), FaultPlan::slow(8 * 1024, Duration::from_millis(25)));
+    // ~320 KiB in three layers fetched at once, each at 2 KiB per 25 ms: about 2 s per pull.
+    let proxy = FaultProxy::start(&reg.host(), FaultPlan::slow(2 * 1024, Duration::from_millis(25)));
     let seed = seed_from_env();
     eprintln!("kill points: FAULT_SEED={seed}");
     let mut rng = Rng::new(seed);
     let work = dir.path().join("work");
-    let reference = format!("{}/app:1", proxy.host());
     let (mut killed, mut finished) = (0, 0);
     let started = Instant::now();
     for round in 0..6 {
         let bundle = dir.path().join(format!("bundle{round}"));
+        let image = round / 2;
+        let reference = format!("{}/app:{image}", proxy.host());
         let after = Duration::from_millis(50 + rng.below(1400));
         let mut child = image_pull(&work, &reference, &bundle).spawn().unwrap();
         let spawned = Instant::now();
@@ -99,7 +105,7 @@ fn image_pull_killed_at_random_points_leaves_a_store_the_next_pull_completes() {
             Some(status) => {
                 assert!(status.success(), "{ctx}: the pull failed on its own: {status}");
                 finished += 1;
-                assert_eq!(tree(&bundle.join("rootfs")), clean_rootfs, "{ctx}");
+                assert_eq!(tree(&bundle.join("rootfs")), clean_rootfs[image], "{ctx}");
                 umount(&bundle.join("rootfs"));
             }
             None => {
@@ -117,12 +123,14 @@ fn image_pull_killed_at_random_points_leaves_a_store_the_next_pull_completes() {
     eprintln!("{killed} pulls killed, {finished} finished, in {:.1?}", started.elapsed());
     assert!(killed >= 3, "the kill window missed: only {killed} of 6 pulls were killed");
 
-    // The next pull (straight from the registry) completes and re-verifies.
-    let bundle = dir.path().join("final");
-    let out = image_pull(&work, &reg.reference("app:1"), &bundle).output().unwrap();
-    assert!(out.status.success(), "pull after the kills: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(tree(&bundle.join("rootfs")), clean_rootfs);
-    umount(&bundle.join("rootfs"));
+    // The next pull of each image (straight from the registry) completes and re-verifies.
+    for (i, rootfs) in clean_rootfs.iter().enumerate() {
+        let bundle = dir.path().join(format!("final{i}"));
+        let out = image_pull(&work, &reg.reference(&format!("app:{i}")), &bundle).output().unwrap();
+        assert!(out.status.success(), "pull after the kills: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(&tree(&bundle.join("rootfs")), rootfs);
+        umount(&bundle.join("rootfs"));
+    }
     assert_eq!(committed_layers(&work), clean_layers);
     assert_eq!(entries_of(&work, "staging"), Vec::<std::path::PathBuf>::new(), "dead pulls' staging left");
     assert_eq!(temp_records(&work), Vec::<std::path::PathBuf>::new(), "dead pulls' half-written records left");
