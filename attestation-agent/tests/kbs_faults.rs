@@ -68,7 +68,10 @@ async fn release(kbs: &TestKbs, plan: FaultPlan) -> (usize, usize, usize) {
     // The KBS itself still works: a clean client gets every key.
     let clean = client_direct(kbs);
     for i in 0..3 {
-        assert_eq!(&clean.get_resource(&format!("kbs:///default/key/{i}")).await.unwrap()[..], format!("secret-{i}").as_bytes());
+        assert_eq!(
+            &clean.get_resource(&format!("kbs:///default/key/{i}")).await.unwrap()[..],
+            format!("secret-{i}").as_bytes()
+        );
     }
     (ok, failed, faults)
 }
@@ -132,7 +135,9 @@ async fn a_429_with_retry_after_is_waited_for() {
 async fn persistent_faults_fail_clearly_within_the_bound() {
     let kbs = TestKbs::start(KbsConfig { resources: resources(3), ..KbsConfig::default() }).await.unwrap();
     let base = fault_proxy::seed_from_env();
-    for (i, kind) in [Fault::ServerError, Fault::TooManyRequests, Fault::Reset, Fault::RedirectOther].into_iter().enumerate() {
+    for (i, kind) in
+        [Fault::ServerError, Fault::TooManyRequests, Fault::Reset, Fault::RedirectOther].into_iter().enumerate()
+    {
         let plan = FaultPlan::new(&[kind], 1.0).seed(splitmix(base.wrapping_add(50 + i as u64)));
         let (ok, failed, _) = release(&kbs, plan).await;
         assert_eq!((ok, failed), (0, 3), "{kind:?}");
@@ -150,5 +155,11 @@ async fn mixed_faults_at_random_offsets_release_or_fail_clearly() {
         let (ok, failed, faults) = release(&kbs, plan).await;
         totals = (totals.0 + ok, totals.1 + failed, totals.2 + faults);
     }
-    eprintln!("mixed: {} released, {} failed clearly, {} faults in {:.1?}", totals.0, totals.1, totals.2, started.elapsed());
+    eprintln!(
+        "mixed: {} released, {} failed clearly, {} faults in {:.1?}",
+        totals.0,
+        totals.1,
+        totals.2,
+        started.elapsed()
+    );
 }

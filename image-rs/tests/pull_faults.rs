@@ -81,7 +81,11 @@ fn puller(hosts: &[String], store: &Path) -> Puller {
         retry_backoff: Duration::from_millis(10),
         ..PipelineOptions::default()
     };
-    Puller::new(registry, Arc::new(LayerStore::open(store).unwrap()), PullOptions { pipeline, ..PullOptions::default() })
+    Puller::new(
+        registry,
+        Arc::new(LayerStore::open(store).unwrap()),
+        PullOptions { pipeline, ..PullOptions::default() },
+    )
 }
 
 /// Pulls `reference` into `store`: the layer trees by directory name, or the error text.

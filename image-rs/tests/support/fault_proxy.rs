@@ -415,7 +415,8 @@ fn relay(st: &State, id: u64, mut client: TcpStream, faulty: bool) -> std::io::R
     if let Some(f) = fault.filter(|f| f.is_status()) {
         return match f {
             Fault::ServerError => {
-                let status = ["500 Internal Server Error", "502 Bad Gateway", "503 Service Unavailable"][(r % 3) as usize];
+                let status =
+                    ["500 Internal Server Error", "502 Bad Gateway", "503 Service Unavailable"][(r % 3) as usize];
                 respond(&mut client, status, "", "fault proxy: injected server error")
             }
             Fault::TooManyRequests => {
