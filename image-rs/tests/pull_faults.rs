@@ -29,6 +29,7 @@ use image_rs::registry::http::{Distribution, HttpOptions};
 use image_rs::registry::{Platform, Registry as Client};
 use image_rs::store::LayerStore;
 use support::cli::tree;
+use support::crash::{assert_layers_consistent, entries_of, held_locks};
 use support::fault_proxy::{splitmix, Fault, FaultPlan, FaultProxy};
 use support::layout::{noise, Compression, ImageBuilder, LayerSpec, TarEntry};
 use support::registry::{Registry, RegistryOptions};
@@ -114,21 +115,11 @@ fn layer_trees(dirs: &[PathBuf]) -> Layers {
     dirs.iter().map(|d| (d.file_name().unwrap().to_string_lossy().into_owned(), tree(d))).collect()
 }
 
-/// No staging, every committed layer has its record and equals the clean pull's layer.
+/// No staging, no lock held, every committed layer has its record and equals the clean pull's layer.
 fn assert_store_consistent(store: &Path, clean: &Layers, ctx: &str) {
-    let staging: Vec<_> = std::fs::read_dir(store.join("staging")).unwrap().flatten().map(|e| e.path()).collect();
-    assert!(staging.is_empty(), "{ctx}: staging left: {staging:?}");
-    for e in std::fs::read_dir(store.join("layers")).unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(hex) = name.strip_suffix(".json") {
-            assert!(hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()), "{ctx}: stray record {name}");
-            continue;
-        }
-        assert!(e.path().is_dir(), "{ctx}: stray file in layers/: {name}");
-        assert!(store.join("layers").join(format!("{name}.json")).is_file(), "{ctx}: layer {name} has no record");
-        let want = clean.get(&name).unwrap_or_else(|| panic!("{ctx}: unknown layer {name} committed"));
-        assert_eq!(&tree(&e.path()), want, "{ctx}: committed layer {name} differs from a clean pull");
-    }
+    assert_eq!(entries_of(store, "staging"), Vec::<PathBuf>::new(), "{ctx}: staging left");
+    assert_eq!(held_locks(store), Vec::<PathBuf>::new(), "{ctx}: locks held");
+    assert_layers_consistent(store, clean, ctx);
 }
 
 /// Words one of which an error caused by `kinds` must contain (lowercased).
