@@ -317,6 +317,12 @@ async fn download(
     let mut attempts = 0u32;
     let mut last_error = String::new();
     'attempt: loop {
+        // The whole blob arrived before the connection failed (a reset after
+        // the last byte, a Content-Length longer than the blob): a resume would
+        // ask for the empty range after it and get a 416. The digests decide.
+        if attempts > 0 && hasher.len() == job.blob_size {
+            break 'attempt;
+        }
         if attempts > opts.max_retries {
             return Err(LayerError::RetriesExhausted { digest: digest.clone(), attempts, last: last_error });
         }
@@ -352,6 +358,12 @@ async fn download(
             }
             let chunk = match rate.within(resp.chunk()).await {
                 Some(Ok(Some(c))) => c,
+                // A body that ends short of the descriptor's size (a proxy's
+                // wrong Content-Length) is resumed after what arrived.
+                Some(Ok(None)) if hasher.len() < job.blob_size => {
+                    last_error = format!("response ended at byte {} of {}", hasher.len(), job.blob_size);
+                    continue 'attempt;
+                }
                 Some(Ok(None)) => break 'attempt,
                 Some(Err(e)) => {
                     last_error = RegistryError::transport(resp.url().as_str(), e).to_string();

@@ -1,12 +1,14 @@
 //! HTTP(S) to the KBS: reqwest on rustls (ring provider), optional
 //! certificate pinning (`cvm_crypto::tls_pinning`: the configured certificate
 //! as the exact server certificate or as the only root), bounded response bodies, and retries with exponential
-//! backoff on transport errors and 5xx. A 4xx is an answer, never retried
-//! here (the client decides whether a 401 means "attest again").
+//! backoff on transport errors, 5xx and 429 (a `Retry-After` of seconds is
+//! honoured, capped at [`MAX_RETRY_AFTER`]), at most `max_attempts` in all.
+//! Any other 4xx is an answer, never retried here (the client decides whether
+//! a 401 means "attest again").
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, COOKIE, RETRY_AFTER, SET_COOKIE};
 use reqwest::{Method, StatusCode};
 
 use cvm_crypto::tls_pinning::{self, certs_from_pem, Roots};
@@ -16,6 +18,12 @@ use crate::config::KbsClientConfig;
 
 /// Longest error body quoted in an error message.
 const MAX_QUOTED: usize = 512;
+
+/// Longest wait a KBS's `Retry-After` can impose between two attempts.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// Longest backoff between two attempts without a `Retry-After`.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct Transport {
@@ -81,10 +89,10 @@ impl Transport {
         let mut attempt = 1;
         loop {
             let outcome = self.send_once(call).await;
-            let retryable = match &outcome {
-                Ok(answer) => answer.status.is_server_error(),
-                Err(KbsError::Unreachable { .. }) => true,
-                Err(_) => false,
+            let (retryable, wait) = match &outcome {
+                Ok(answer) => (retryable_status(answer.status), retry_after(&answer.headers).map(|d| d.max(delay))),
+                Err(KbsError::Unreachable { .. }) => (true, None),
+                Err(_) => (false, None),
             };
             if !retryable || attempt >= self.max_attempts {
                 return match outcome {
@@ -94,15 +102,17 @@ impl Transport {
                     other => other,
                 };
             }
+            let wait = wait.unwrap_or(delay);
             tracing::warn!(
                 url = call.url,
                 attempt,
                 max = self.max_attempts,
-                delay_ms = delay.as_millis() as u64,
+                status = outcome.as_ref().map(|a| a.status.as_u16()).unwrap_or(0),
+                delay_ms = wait.as_millis() as u64,
                 "KBS request failed; retrying"
             );
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
+            tokio::time::sleep(wait).await;
+            delay = (delay * 2).min(MAX_BACKOFF);
             attempt += 1;
         }
     }
@@ -146,6 +156,19 @@ impl Transport {
     }
 }
 
+/// Whether an answer with this status is worth another attempt: the KBS is
+/// overloaded (429) or failing (5xx), not refusing.
+fn retryable_status(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// The wait a `Retry-After: <seconds>` asks for, capped at [`MAX_RETRY_AFTER`].
+/// An HTTP-date (or anything else) is ignored: the backoff applies.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
+}
+
 /// The reqwest error with its causes (the root cause names the real problem:
 /// "connection refused", "invalid peer certificate").
 fn error_chain(err: &reqwest::Error) -> String {
@@ -163,4 +186,39 @@ fn error_chain(err: &reqwest::Error) -> String {
 pub fn quote(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(MAX_QUOTED)]);
     text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(retry_after: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(v) = retry_after {
+            h.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn overload_and_server_errors_are_retried_refusals_are_not() {
+        for s in [429, 500, 502, 503, 504] {
+            assert!(retryable_status(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [200, 307, 400, 401, 403, 404, 413] {
+            assert!(!retryable_status(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_are_honoured_up_to_the_cap() {
+        assert_eq!(retry_after(&headers(Some("2"))), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(&headers(Some(" 0 "))), Some(Duration::ZERO));
+        assert_eq!(retry_after(&headers(Some("86400"))), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after(&headers(Some("18446744073709551615"))), Some(MAX_RETRY_AFTER));
+        // An HTTP-date, garbage, a negative number or no header: the backoff applies.
+        for v in [Some("Wed, 21 Oct 2015 07:28:00 GMT"), Some("soon"), Some("-1"), None] {
+            assert_eq!(retry_after(&headers(v)), None, "{v:?}");
+        }
+    }
 }

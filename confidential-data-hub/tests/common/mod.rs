@@ -187,6 +187,11 @@ impl Cdh {
         cdh
     }
 
+    /// The daemon's process id (crash tests SIGKILL it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -40,6 +40,10 @@ pub struct HttpOptions {
     pub connect_timeout: Duration,
     /// Longest silence on an established connection before it counts as lost.
     pub read_timeout: Duration,
+    /// Longest time to read a whole small body (manifest, config, token,
+    /// error): a server trickling it within `read_timeout` must not hold the
+    /// pull. Layer blobs have the pipeline's minimum transfer rate instead.
+    pub body_timeout: Duration,
 }
 
 impl Default for HttpOptions {
@@ -52,6 +56,7 @@ impl Default for HttpOptions {
             creds_override: None,
             connect_timeout: Duration::from_secs(15),
             read_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -67,6 +72,7 @@ pub struct Distribution {
     insecure_hosts: HashSet<String>,
     auth: AuthStore,
     creds_override: Option<Credentials>,
+    body_timeout: Duration,
     /// (registry, repository) → how to authenticate. Short critical sections only.
     schemes: Mutex<HashMap<(String, String), Scheme>>,
 }
@@ -118,8 +124,14 @@ impl Distribution {
             insecure_hosts: opts.insecure_hosts,
             auth: opts.auth,
             creds_override: opts.creds_override,
+            body_timeout: opts.body_timeout,
             schemes: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// How long a small body ([`read_limited`]) may take.
+    pub fn body_timeout(&self) -> Duration {
+        self.body_timeout
     }
 
     fn url(&self, registry: &str, repository: &str, path: &str) -> String {
@@ -193,7 +205,7 @@ impl Distribution {
             if status.is_success() {
                 return Ok(resp);
             }
-            let body = read_limited(resp, ERROR_BODY_LIMIT).await.unwrap_or_default();
+            let body = read_limited(resp, ERROR_BODY_LIMIT, self.body_timeout).await.unwrap_or_default();
             let body = String::from_utf8_lossy(&body).trim().to_owned();
             return Err(match status {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -279,7 +291,7 @@ impl Distribution {
                         reason: format!("token server {} answered {status}{why}", token_url.host_str().unwrap_or("?")),
                     });
                 }
-                let body = read_limited(resp, TOKEN_RESPONSE_LIMIT).await?;
+                let body = read_limited(resp, TOKEN_RESPONSE_LIMIT, self.body_timeout).await?;
                 #[derive(serde::Deserialize)]
                 struct TokenResponse {
                     token: Option<String>,
@@ -325,7 +337,15 @@ pub(crate) fn realm_may_receive_credentials(
 }
 
 /// Reads a whole response body, refusing more than `limit` bytes.
-pub async fn read_limited(mut resp: Response, limit: u64) -> Result<Vec<u8>, RegistryError> {
+/// Reads a small body whole: at most `limit` bytes, within `within`.
+pub async fn read_limited(resp: Response, limit: u64, within: Duration) -> Result<Vec<u8>, RegistryError> {
+    let url = resp.url().to_string();
+    tokio::time::timeout(within, read_limited_untimed(resp, limit)).await.unwrap_or_else(|_| {
+        Err(RegistryError::Transport { url, reason: format!("response body not received within {within:?}") })
+    })
+}
+
+async fn read_limited_untimed(mut resp: Response, limit: u64) -> Result<Vec<u8>, RegistryError> {
     let url = resp.url().to_string();
     if let Some(len) = resp.content_length() {
         if len > limit {

@@ -188,7 +188,7 @@ impl Registry {
         }
         let resp =
             self.http.get(&source.registry, &source.repository, &format!("blobs/{config_digest}"), &[], None).await?;
-        let config_bytes = read_limited(resp, config_desc.size()).await?;
+        let config_bytes = read_limited(resp, config_desc.size(), self.http.body_timeout()).await?;
         verify("image config", config_desc, &config_bytes)?;
         let config: ImageConfiguration = parse_json("image config", &config_bytes)?;
         let diff_ids = config.rootfs().diff_ids().len();
@@ -228,7 +228,7 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
             .filter(|v| MANIFEST_ACCEPT.contains(&v.as_str()));
-        Ok((read_limited(resp, MANIFEST_LIMIT).await?, media_type))
+        Ok((read_limited(resp, MANIFEST_LIMIT, self.http.body_timeout()).await?, media_type))
     }
 
     /// GETs `/v2/<repository>/<path>` on `source` and reads at most `limit`
@@ -247,7 +247,7 @@ impl Registry {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
-        Ok((read_limited(resp, limit).await?, media_type))
+        Ok((read_limited(resp, limit, self.http.body_timeout()).await?, media_type))
     }
 
     /// Opens a layer blob at byte `offset`. Returns the response and the

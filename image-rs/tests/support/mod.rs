@@ -1,12 +1,15 @@
 //! Test fixtures shared by image-rs integration tests: real registries (plain, TLS, basic and
-//! bearer-token auth), an OCI image layout writer, and a byte relay that cuts downloads.
+//! bearer-token auth), an OCI image layout writer, a byte relay that cuts downloads, and a
+//! seeded fault-injecting relay (fault_proxy.rs).
 //!
 //! Use from a test crate with `mod support;`. Every fixture cleans up in `Drop` (child processes
 //! are killed and reaped, temp dirs removed, server threads joined).
 #![allow(dead_code, unused_imports)]
 
 pub mod cli;
+pub mod crash;
 pub mod fake_registry;
+pub mod fault_proxy;
 pub mod http;
 pub mod layout;
 pub mod proxy;
