@@ -37,12 +37,16 @@ const OOM_EVENT_BACKLOG: usize = 64;
 /// Where the runtime keeps its files and cgroups.
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
-    /// Sandbox files (resolv.conf); default /run/cvm-agent, env CVM_AGENT_RUN_DIR.
+    /// Sandbox files (resolv.conf); default /run/cvm-agent, env
+    /// CVM_AGENT_RUN_DIR when not PID 1.
     pub run_dir: PathBuf,
-    /// Parent of all sandbox cgroups; default `cvm-agent`, env CVM_AGENT_CGROUP_PARENT.
+    /// Parent of all sandbox cgroups; default `cvm-agent`, env
+    /// CVM_AGENT_CGROUP_PARENT when not PID 1.
     pub cgroup_parent: String,
     /// Every storage mount point lies under it; default /run/kata-containers
-    /// (where kata's shim points storages), env CVM_AGENT_STORAGE_BASE.
+    /// (where kata's shim points storages), env CVM_AGENT_STORAGE_BASE when
+    /// not PID 1 (the host writes PID 1's environment: it must not move the
+    /// base that confines every storage and CopyFile).
     pub storage_base: PathBuf,
     /// The guest image's pause bundle (kata's /pause_bundle), env
     /// CVM_AGENT_PAUSE_BUNDLE when not PID 1.
@@ -62,13 +66,14 @@ fn dev_env(name: &str) -> Option<String> {
 impl RuntimeConfig {
     pub fn from_env() -> RuntimeConfig {
         RuntimeConfig {
-            run_dir: std::env::var_os("CVM_AGENT_RUN_DIR")
-                .map_or_else(|| PathBuf::from("/run/cvm-agent"), PathBuf::from),
-            cgroup_parent: std::env::var("CVM_AGENT_CGROUP_PARENT")
-                .ok()
+            run_dir: dev_env("CVM_AGENT_RUN_DIR")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .unwrap_or_else(|| PathBuf::from("/run/cvm-agent")),
+            cgroup_parent: dev_env("CVM_AGENT_CGROUP_PARENT")
                 .filter(|p| valid_id(p))
                 .unwrap_or_else(|| "cvm-agent".into()),
-            storage_base: std::env::var_os("CVM_AGENT_STORAGE_BASE")
+            storage_base: dev_env("CVM_AGENT_STORAGE_BASE")
                 .map(PathBuf::from)
                 .filter(|p| p.is_absolute())
                 .unwrap_or_else(|| PathBuf::from("/run/kata-containers")),
