@@ -19,7 +19,7 @@ ROOTFS_DIR   := target/rootfs
 VM           := $(CARGO) run -q -p vm-harness --bin cvm-vm --
 SUDO         := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all build release test lint fmt demo demo-busybox demo-local clean check-tools deps bench bench-pull bench-encrypted bench-aa bench-runtime bench-arena bench-policy bench-boot bench-cdh rootfs vm vhost-device-vsock
+.PHONY: all build release test lint fmt demo demo-busybox demo-local clean check-tools deps bench bench-pull bench-encrypted bench-aa bench-runtime bench-arena bench-policy bench-boot bench-cdh bench-pod rootfs vm vhost-device-vsock
 
 all: build
 
@@ -93,7 +93,7 @@ demo-local: check-tools
 	./agent/demo.sh target/debug
 
 # Benchmarks against real peers; results go to docs/BENCHMARKS.md.
-bench: bench-pull bench-encrypted bench-aa bench-runtime bench-policy bench-boot bench-cdh
+bench: bench-pull bench-encrypted bench-aa bench-runtime bench-policy bench-boot bench-cdh bench-pod
 
 # Image pull vs curl|gzip|tar, skopeo+umoci and ctr (root, about 10 min).
 bench-pull:
@@ -128,6 +128,11 @@ bench-cdh:
 # Boot time under QEMU: uncompressed kernel vs Debian's vmlinuz (~3 min TCG).
 bench-boot: deps rootfs
 	bash tests/bench/boot.sh
+
+# CoCo pod start under QEMU: VM start -> app running, a ~100 MiB encrypted
+# signed guest pull cold vs warm, agent idle RSS, host image-pull (~3 min TCG).
+bench-pod: deps rootfs
+	bash tests/bench/pod.sh
 
 clean:
 	$(CARGO) clean

@@ -51,7 +51,9 @@ pub struct CocoHost {
     pub dir: tempfile::TempDir,
     registry: Option<Child>,
     pub registry_port: u16,
-    kbs_rt: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (on a thread of its own: a runtime
+    /// cannot be dropped from within another's async context).
+    kbs_rt: Option<tokio::runtime::Runtime>,
     kbs: Option<test_kbs::TestKbs>,
     pub kbs_port: u16,
     pub registry_cert: String,
@@ -84,7 +86,7 @@ impl CocoHost {
         let mut host = CocoHost {
             registry: Some(registry),
             registry_port,
-            kbs_rt: tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?,
+            kbs_rt: Some(tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?),
             kbs: None,
             kbs_port: 0,
             registry_cert: std::fs::read_to_string(&reg_crt)?,
@@ -136,23 +138,70 @@ impl CocoHost {
                 "signedIdentity": {"type": "matchRepository"}
             }]}}
         });
+        let policy_json = serde_json::to_vec_pretty(&policy)?;
+        std::fs::write(d.join("policy.json"), &policy_json)?;
         let resources: HashMap<String, Vec<u8>> = [
             (KEK_PATH.to_owned(), kek.to_vec()),
-            (POLICY_PATH.to_owned(), serde_json::to_vec_pretty(&policy)?),
+            (POLICY_PATH.to_owned(), policy_json.clone()),
             (COSIGN_KEY_PATH.to_owned(), std::fs::read(&owner_pub)?),
         ]
         .into_iter()
         .collect();
         let tls = Some((host.kbs_cert.clone(), std::fs::read_to_string(&kbs_key)?));
         let config = test_kbs::KbsConfig { resources, tls, ..test_kbs::KbsConfig::default() };
+        let rt = host.kbs_rt.as_ref().context("the KBS runtime")?;
         let kbs = outside_any_runtime(|| {
-            host.kbs_rt.block_on(test_kbs::TestKbs::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), config))
+            rt.block_on(test_kbs::TestKbs::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), config))
         })?;
         host.kbs_port = kbs.url().rsplit(':').next().and_then(|p| p.parse().ok()).context("KBS port")?;
         host.kbs = Some(kbs);
         timed("test KBS (TLS, sample TEE): KEK, policy, cosign key", t);
         host.timings = timings;
         Ok(host)
+    }
+
+    /// Encrypts the image `plain_layout:tag` for the demo's KEK, pushes it
+    /// to `repo:1` and signs it with the owner's key, as the demo image is;
+    /// returns the reference as the guest names it.
+    pub fn publish_signed(
+        &self,
+        image_pull: &Path,
+        plain_layout: &Path,
+        tag: &str,
+        repo: &str,
+    ) -> anyhow::Result<String> {
+        let d = self.dir.path();
+        let enc = d.join(format!("enc-{}", repo.replace('/', "-")));
+        let recipient = format!("provider:attestation-agent:kbs:///{KEK_PATH}:{}", d.join("kek.bin").display());
+        run(Command::new(image_pull)
+            .arg("encrypt")
+            .args(["--recipient", &recipient])
+            .arg(format!("{}:{tag}", plain_layout.display()))
+            .arg(format!("{}:{tag}", enc.display())))?;
+        let ca_dir = d.join("ca");
+        let port = self.registry_port;
+        push(&ca_dir, &enc, tag, &format!("127.0.0.1:{port}/{repo}:1"))?;
+        let digest = manifest_digest(&ca_dir, &format!("127.0.0.1:{port}/{repo}:1"))?;
+        let identity = format!("{HOST_FROM_GUEST}:{port}/{repo}");
+        cosign_sign(d, &ca_dir, port, repo, &digest, &identity, &d.join("owner.key"))?;
+        Ok(format!("{identity}:1"))
+    }
+
+    /// The resources the KBS serves, as `image-pull --key-source-dir` reads
+    /// them (`DIR/REPO/TYPE/TAG`), for a pull on this host without attestation.
+    pub fn write_key_source_dir(&self, dir: &Path) -> anyhow::Result<()> {
+        let d = self.dir.path();
+        for (path, src) in [(KEK_PATH, "kek.bin"), (COSIGN_KEY_PATH, "owner.pub"), (POLICY_PATH, "policy.json")] {
+            let dest = dir.join(path);
+            std::fs::create_dir_all(dest.parent().context("resource path")?)?;
+            std::fs::copy(d.join(src), &dest).with_context(|| format!("copying {src}"))?;
+        }
+        Ok(())
+    }
+
+    /// The demo image unencrypted, OCI layout `plain_layout():t`.
+    pub fn plain_layout(&self) -> PathBuf {
+        self.dir.path().join("plain")
     }
 
     /// The image as the guest names it.
@@ -197,9 +246,14 @@ impl CocoHost {
 
 impl Drop for CocoHost {
     fn drop(&mut self) {
-        if let Some(kbs) = self.kbs.take() {
-            let rt = &self.kbs_rt;
-            outside_any_runtime(|| rt.block_on(kbs.stop()));
+        let kbs = self.kbs.take();
+        if let Some(rt) = self.kbs_rt.take() {
+            outside_any_runtime(move || {
+                if let Some(kbs) = kbs {
+                    rt.block_on(kbs.stop());
+                }
+                drop(rt);
+            });
         }
         if let Some(mut c) = self.registry.take() {
             let _ = c.kill();
@@ -214,7 +268,7 @@ fn outside_any_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| s.spawn(f).join().expect("the KBS thread panicked"))
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<std::process::Output> {
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<std::process::Output> {
     let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
     if !out.status.success() {
         bail!("{:?} failed ({}): {}", cmd, out.status, String::from_utf8_lossy(&out.stderr).trim());

@@ -11,6 +11,9 @@
 //!   cosign-signed image), made fresh per run.
 //! - `coco_pod`: the demo's pod on the VM (pause, app by guest pull, a
 //!   stranger-signed image refused), used by `make demo` and its test.
+//! - `bench_pod`: `cvm-vm bench-pod`: VM start to the app's output, a
+//!   ~100 MiB guest pull cold and warm, the agent's idle RSS, and the same
+//!   pull by the host's `image-pull` as the reference.
 //! - `initdata`: the initdata disk image, written as kata's runtime does.
 //! - `scenario`: the busybox container lifecycle used by the end-to-end test
 //!   and by `make demo`.
@@ -19,6 +22,7 @@
 //!
 //! This crate never touches the host outside its own temporary directory.
 
+pub mod bench_pod;
 pub mod coco;
 pub mod coco_pod;
 pub mod initdata;

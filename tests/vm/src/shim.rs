@@ -642,6 +642,17 @@ impl Shim {
         Ok(())
     }
 
+    /// GetMetrics: the agent's Prometheus text.
+    pub async fn get_metrics(&mut self) -> anyhow::Result<String> {
+        let agent = self.agent.clone();
+        let ctx = self.ctx(self.timeout);
+        let r = self
+            .step("GetMetrics", "", agent.get_metrics(ctx, &protos::agent::GetMetricsRequest::new()))
+            .await
+            .context("GetMetrics")?;
+        Ok(r.metrics)
+    }
+
     /// DestroySandbox; the VM may power off before the reply arrives.
     pub async fn destroy_sandbox(&mut self) -> bool {
         let agent = self.agent.clone();

@@ -173,4 +173,9 @@ fn coco_pod_pulls_decrypts_and_verifies_in_the_guest() {
     let r = &out.forged_refusal;
     assert!(r.contains("signature") || r.contains("policy"), "refusal does not name the policy: {r}");
     assert!(console.contains("reboot: Power down"), "{console}");
+    // GetMetrics once every container is gone: the agent's own RSS (what
+    // `cvm-vm bench-pod` reports) is there and plausible for PID 1.
+    let rss = out.agent_rss_idle.expect("GetMetrics without cvm_agent_resident_bytes");
+    assert!((1 << 20..256 << 20).contains(&rss), "agent RSS {rss} bytes");
+    assert!(out.app_started <= out.app_first_line, "{:?} > {:?}", out.app_started, out.app_first_line);
 }
