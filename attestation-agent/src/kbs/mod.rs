@@ -10,7 +10,7 @@
 //! does not decrypt and authenticate under the TEE key, and never echo a
 //! cookie value that could inject a header.
 
-mod rcar;
+pub(crate) mod rcar;
 pub mod resource;
 pub mod session;
 pub mod transport;
@@ -191,7 +191,7 @@ impl KbsClient {
 }
 
 /// A 401 body as Trustee writes it: `{"type": ".../errors/<Variant>", "detail"}`.
-fn refused(status: &StatusCode, body: &[u8]) -> KbsError {
+pub(crate) fn refused(status: &StatusCode, body: &[u8]) -> KbsError {
     match serde_json::from_slice::<kbs_types::ErrorInformation>(body) {
         Ok(info) => KbsError::Refused {
             status: status.as_u16(),
@@ -202,7 +202,7 @@ fn refused(status: &StatusCode, body: &[u8]) -> KbsError {
     }
 }
 
-fn http_error(url: &str, status: StatusCode, body: &[u8]) -> KbsError {
+pub(crate) fn http_error(url: &str, status: StatusCode, body: &[u8]) -> KbsError {
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND {
         if let err @ KbsError::Refused { .. } = refused(&status, body) {
             if serde_json::from_slice::<kbs_types::ErrorInformation>(body).is_ok() {
