@@ -14,7 +14,7 @@ $nightly fuzz --version >/dev/null 2>&1 || {
 }
 TARGETS=${FUZZ_TARGETS:-$($nightly fuzz list --fuzz-dir fuzz)}
 sh fuzz/seed.sh
-$nightly fuzz build --fuzz-dir fuzz $TARGETS
+$nightly fuzz build --fuzz-dir fuzz
 
 # Which crate's `fuzzing` module (and regression test) owns a target.
 owner() {

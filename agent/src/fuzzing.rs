@@ -50,8 +50,7 @@ pub fn agent_request(data: &[u8]) {
         return;
     }
     let header = ttrpc::proto::MessageHeader::from(&data[..ttrpc::proto::MESSAGE_HEADER_LENGTH]);
-    if header.type_ != ttrpc::proto::MESSAGE_TYPE_REQUEST || header.length as usize > ttrpc::proto::MESSAGE_LENGTH_MAX
-    {
+    if header.type_ != ttrpc::proto::MESSAGE_TYPE_REQUEST || header.length as usize > ttrpc::proto::MESSAGE_LENGTH_MAX {
         return;
     }
     let body = &data[ttrpc::proto::MESSAGE_HEADER_LENGTH..];
@@ -107,10 +106,8 @@ pub fn flow_frames(data: &[u8]) {
         return;
     }
     let (cut_bytes, stream) = rest.split_at(cuts * 2);
-    let mut points: Vec<usize> = cut_bytes
-        .chunks(2)
-        .map(|c| usize::from(u16::from_le_bytes([c[0], c[1]])) % (stream.len() + 1))
-        .collect();
+    let mut points: Vec<usize> =
+        cut_bytes.chunks(2).map(|c| usize::from(u16::from_le_bytes([c[0], c[1]])) % (stream.len() + 1)).collect();
     points.sort_unstable();
     let mut chunks = Vec::new();
     let mut at = 0;
@@ -121,7 +118,12 @@ pub fn flow_frames(data: &[u8]) {
     chunks.push(&stream[at..]);
     let whole = crate::flow::frame_events(&[stream]);
     let split = crate::flow::frame_events(&chunks);
-    assert_eq!(whole, split, "split at {chunks_len:?}", chunks_len = chunks.iter().map(|c| c.len()).collect::<Vec<_>>());
+    assert_eq!(
+        whole,
+        split,
+        "split at {chunks_len:?}",
+        chunks_len = chunks.iter().map(|c| c.len()).collect::<Vec<_>>()
+    );
     // Every end follows its own header; headers and ends alternate.
     let (events, at_boundary) = whole;
     for (i, e) in events.iter().enumerate() {
@@ -170,8 +172,9 @@ impl Kernel for RecordingKernel {
 
 /// A scratch directory of this process and thread, emptied for each input.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir()
-        .join(format!("cvm-fuzz-{name}-{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""));
+    let dir = std::env::temp_dir().join(
+        format!("cvm-fuzz-{name}-{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], ""),
+    );
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch directory");
     dir
@@ -247,7 +250,8 @@ pub fn oci_plan(data: &[u8]) {
         }
         assert!(path.starts_with(&rootfs), "{op} of {} outside the rootfs {}", path.display(), rootfs.display());
     }
-    let beside: Vec<_> = std::fs::read_dir(&dir).expect("scratch").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    let beside: Vec<_> =
+        std::fs::read_dir(&dir).expect("scratch").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     assert_eq!(beside, vec![std::ffi::OsString::from("rootfs")], "created outside the rootfs");
     let _ = std::fs::remove_dir_all(&dir);
 }

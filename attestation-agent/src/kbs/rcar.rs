@@ -51,10 +51,13 @@ fn negotiated(challenge: &Challenge, tee: TeeKind) -> Result<HashAlgorithm, KbsE
 /// The auth answer: a challenge with a usable nonce, and the hash algorithm
 /// the KBS selected among ours.
 pub(crate) fn read_challenge(body: &[u8], tee: TeeKind) -> Result<(Challenge, HashAlgorithm), KbsError> {
-    let challenge: Challenge = serde_json::from_slice(body)
-        .map_err(|e| KbsError::Protocol(format!("auth answer is not a challenge: {e}")))?;
+    let challenge: Challenge =
+        serde_json::from_slice(body).map_err(|e| KbsError::Protocol(format!("auth answer is not a challenge: {e}")))?;
     if challenge.nonce.is_empty() || challenge.nonce.len() > MAX_NONCE {
-        return Err(KbsError::Protocol(format!("challenge nonce is {} bytes (1..={MAX_NONCE})", challenge.nonce.len())));
+        return Err(KbsError::Protocol(format!(
+            "challenge nonce is {} bytes (1..={MAX_NONCE})",
+            challenge.nonce.len()
+        )));
     }
     let algorithm = negotiated(&challenge, tee)?;
     Ok((challenge, algorithm))
