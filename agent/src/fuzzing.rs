@@ -308,11 +308,14 @@ pub fn configs(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    /// A target's name and body.
+    type Target = (&'static str, fn(&[u8]));
+
     /// Replays the committed inputs of this crate's targets.
     #[test]
     fn fuzz_regressions_replay() {
         let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions");
-        let targets: [(&str, fn(&[u8])); 5] = [
+        let targets: [Target; 5] = [
             ("agent_request", super::agent_request),
             ("flow_frames", super::flow_frames),
             ("oci_plan", super::oci_plan),

@@ -123,11 +123,14 @@ pub fn configs(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    /// A target's name and body.
+    type Target = (&'static str, fn(&[u8]));
+
     /// Replays the committed inputs of this crate's targets.
     #[test]
     fn fuzz_regressions_replay() {
         let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions");
-        let targets: [(&str, fn(&[u8])); 3] =
+        let targets: [Target; 3] =
             [("kbs_rcar", super::kbs_rcar), ("initdata", super::initdata), ("configs", super::configs)];
         for (name, body) in targets {
             let Ok(dir) = std::fs::read_dir(base.join(name)) else { continue };
