@@ -134,5 +134,17 @@ bench-boot: deps rootfs
 bench-pod: deps rootfs
 	bash tests/bench/pod.sh
 
+# Fuzzing (issue 18): cargo-fuzz targets in fuzz/ (nightly, own lock file and
+# target dir), each run FUZZ_SECONDS; the first crash, timeout or OOM stops
+# with its input under fuzz/artifacts/<target>/. Inputs kept under
+# fuzz/regressions/<target>/ are replayed by the owning crate's `cargo test`.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz fuzz-build
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" CARGO=$(CARGO) sh fuzz/run.sh
+
+fuzz-build:
+	$(CARGO) +nightly fuzz build --fuzz-dir fuzz
+
 clean:
 	$(CARGO) clean

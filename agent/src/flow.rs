@@ -388,3 +388,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FlowSocket<S> {
 
 #[cfg(test)]
 mod tests;
+
+/// The frame events (`(is_end, length, stream_id, kind)`) the cursor reports
+/// for `chunks` fed one after another (fuzzing and its regression test).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn frame_events(chunks: &[&[u8]]) -> (Vec<(bool, u32, u32, u8)>, bool) {
+    let events = std::cell::RefCell::new(Vec::new());
+    let mut cursor = FrameCursor::default();
+    for chunk in chunks {
+        cursor.advance(
+            chunk,
+            |h| events.borrow_mut().push((false, h.length, h.stream_id, h.kind)),
+            |h| events.borrow_mut().push((true, h.length, h.stream_id, h.kind)),
+        );
+    }
+    (events.into_inner(), cursor.at_boundary())
+}

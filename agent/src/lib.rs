@@ -14,6 +14,9 @@ pub mod container;
 pub mod copy_file;
 pub mod ctl;
 pub mod flow;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guest_clock;
 pub mod guest_details;
 pub mod image_pull;

@@ -10,6 +10,9 @@
 pub mod agent;
 pub mod attester;
 pub mod config;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod initdata;
 pub mod jcs;
 pub mod kbs;

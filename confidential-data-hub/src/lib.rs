@@ -7,6 +7,9 @@
 //! measurements.
 
 pub mod config;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod measure;
 pub mod secret;

@@ -14,6 +14,9 @@
 pub mod bundle;
 pub mod client;
 pub mod digest;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keysource;
 pub mod ocicrypt;
 pub mod pipeline;

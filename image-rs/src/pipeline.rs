@@ -200,7 +200,10 @@ impl Read for ChannelReader {
     }
 }
 
-fn decoder<'a>(compression: Compression, r: ChannelReader) -> io::Result<Box<dyn Read + Send + 'a>> {
+pub(crate) fn decoder<'a, R: Read + Send + 'a>(
+    compression: Compression,
+    r: R,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
     Ok(match compression {
         Compression::None => Box::new(r),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(64 * 1024, r))),

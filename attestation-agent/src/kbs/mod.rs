@@ -10,7 +10,7 @@
 //! does not decrypt and authenticate under the TEE key, and never echo a
 //! cookie value that could inject a header.
 
-mod rcar;
+pub(crate) mod rcar;
 pub mod resource;
 pub mod session;
 pub mod transport;
@@ -191,18 +191,18 @@ impl KbsClient {
 }
 
 /// A 401 body as Trustee writes it: `{"type": ".../errors/<Variant>", "detail"}`.
-fn refused(status: &StatusCode, body: &[u8]) -> KbsError {
+pub(crate) fn refused(status: &StatusCode, body: &[u8]) -> KbsError {
     match serde_json::from_slice::<kbs_types::ErrorInformation>(body) {
         Ok(info) => KbsError::Refused {
             status: status.as_u16(),
-            variant: info.error_type.rsplit('/').next().unwrap_or("").chars().take(128).collect(),
+            variant: quote(info.error_type.rsplit('/').next().unwrap_or("").as_bytes()).chars().take(128).collect(),
             detail: quote(info.detail.as_bytes()),
         },
         Err(_) => KbsError::Refused { status: status.as_u16(), variant: "(no error body)".into(), detail: quote(body) },
     }
 }
 
-fn http_error(url: &str, status: StatusCode, body: &[u8]) -> KbsError {
+pub(crate) fn http_error(url: &str, status: StatusCode, body: &[u8]) -> KbsError {
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND {
         if let err @ KbsError::Refused { .. } = refused(&status, body) {
             if serde_json::from_slice::<kbs_types::ErrorInformation>(body).is_ok() {
@@ -211,4 +211,20 @@ fn http_error(url: &str, status: StatusCode, body: &[u8]) -> KbsError {
         }
     }
     KbsError::Http { url: url.to_owned(), status: status.as_u16(), body: quote(body) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the kbs_rcar fuzz target (fuzz/regressions/kbs_rcar/): the
+    /// error `type` went into the message, and the log line, unquoted.
+    #[test]
+    fn refused_variant_from_the_kbs_is_quoted_like_the_detail() {
+        let body = br#"{"type":"https://x/errors/Policy\u001b[2J\nFAKE LOG","detail":"d"}"#;
+        let err = refused(&StatusCode::UNAUTHORIZED, body);
+        let text = err.to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(matches!(&err, KbsError::Refused { variant, .. } if variant == "Policy?[2J?FAKE LOG"), "{err:?}");
+    }
 }

@@ -48,6 +48,33 @@ fn negotiated(challenge: &Challenge, tee: TeeKind) -> Result<HashAlgorithm, KbsE
         .ok_or_else(|| KbsError::Protocol(format!("KBS selected hash algorithm {name:?}, which we did not offer")))
 }
 
+/// The auth answer: a challenge with a usable nonce, and the hash algorithm
+/// the KBS selected among ours.
+pub(crate) fn read_challenge(body: &[u8], tee: TeeKind) -> Result<(Challenge, HashAlgorithm), KbsError> {
+    let challenge: Challenge =
+        serde_json::from_slice(body).map_err(|e| KbsError::Protocol(format!("auth answer is not a challenge: {e}")))?;
+    if challenge.nonce.is_empty() || challenge.nonce.len() > MAX_NONCE {
+        return Err(KbsError::Protocol(format!(
+            "challenge nonce is {} bytes (1..={MAX_NONCE})",
+            challenge.nonce.len()
+        )));
+    }
+    let algorithm = negotiated(&challenge, tee)?;
+    Ok((challenge, algorithm))
+}
+
+/// The attest answer: the token and its `exp`, if any.
+pub(crate) fn read_token(body: &[u8]) -> Result<(String, Option<u64>), KbsError> {
+    #[derive(serde::Deserialize)]
+    struct TokenAnswer {
+        token: String,
+    }
+    let TokenAnswer { token } =
+        serde_json::from_slice(body).map_err(|e| KbsError::Protocol(format!("attest answer has no token: {e}")))?;
+    let exp = token_expiry(&token)?;
+    Ok((token, exp))
+}
+
 impl KbsClient {
     pub(super) async fn handshake(&self, id: u64) -> Result<Session, KbsError> {
         let tee = self.attester.tee();
@@ -66,15 +93,7 @@ impl KbsClient {
             return Err(http_error(&auth_url, answer.status, &answer.body));
         }
         let cookie = session_cookie(answer.set_cookies())?;
-        let challenge: Challenge = serde_json::from_slice(&answer.body)
-            .map_err(|e| KbsError::Protocol(format!("auth answer is not a challenge: {e}")))?;
-        if challenge.nonce.is_empty() || challenge.nonce.len() > MAX_NONCE {
-            return Err(KbsError::Protocol(format!(
-                "challenge nonce is {} bytes (1..={MAX_NONCE})",
-                challenge.nonce.len()
-            )));
-        }
-        let algorithm = negotiated(&challenge, tee)?;
+        let (challenge, algorithm) = read_challenge(&answer.body, tee)?;
 
         let tee_pubkey = self.key.public_jwk().clone();
         let additional_evidence = String::new();
@@ -112,13 +131,8 @@ impl KbsClient {
         if answer.status != StatusCode::OK {
             return Err(http_error(&attest_url, answer.status, &answer.body));
         }
-        #[derive(serde::Deserialize)]
-        struct TokenAnswer {
-            token: String,
-        }
-        let TokenAnswer { token } = serde_json::from_slice(&answer.body)
-            .map_err(|e| KbsError::Protocol(format!("attest answer has no token: {e}")))?;
-        let renew_at = token_expiry(&token)?.map(|exp| exp.saturating_sub(self.token_skew));
+        let (token, exp) = read_token(&answer.body)?;
+        let renew_at = exp.map(|exp| exp.saturating_sub(self.token_skew));
         // A new cookie on attest replaces the one from auth.
         let cookie = session_cookie(answer.set_cookies())?.or(cookie);
         tracing::info!(tee = %tee, hash = %algorithm, session = id, "attested to the KBS");

@@ -265,7 +265,7 @@ impl Registry {
     }
 }
 
-fn sniff_media_type(bytes: &[u8]) -> String {
+pub(crate) fn sniff_media_type(bytes: &[u8]) -> String {
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(rename = "mediaType")]
@@ -279,7 +279,7 @@ fn sniff_media_type(bytes: &[u8]) -> String {
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, RegistryError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, RegistryError> {
     serde_json::from_slice(bytes).map_err(|e| RegistryError::Malformed { what: what.to_owned(), reason: e.to_string() })
 }
 

@@ -1,0 +1,6 @@
+#![no_main]
+// The body lives in the owning crate's `fuzzing` module, where a unit test
+// replays fuzz/regressions/oci_plan/.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    cvm_agent::fuzzing::oci_plan(data);
+});
