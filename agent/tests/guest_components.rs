@@ -3,10 +3,12 @@
 //! cdh.toml, and relaunches the attestation-agent after a SIGKILL.
 //!
 //! The component binaries belong to other packages, so `CARGO_BIN_EXE_*` does
-//! not name them: [`component_bins`] builds them (`cargo build -p
-//! attestation-agent -p confidential-data-hub` into this test's target
-//! directory; cargo releases its lock once the tests run), or takes them
-//! from `CVM_GUEST_COMPONENTS_BIN_DIR`.
+//! not name them: [`component_bins`] takes them from
+//! `CVM_GUEST_COMPONENTS_BIN_DIR`, else from this test's target directory,
+//! where `cargo test --workspace` (what `make test` runs) has just built
+//! them; only when they are missing there does it build them (`cargo build -p
+//! attestation-agent -p confidential-data-hub`; cargo releases its lock once
+//! the tests run). A bare `cargo test -p cvm-agent` may find them stale.
 
 mod common;
 
@@ -25,6 +27,9 @@ fn component_bins() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let target = exe.ancestors().nth(3).expect("test binary under <target>/<profile>/deps").to_owned();
     let profile_dir = exe.ancestors().nth(2).unwrap().to_owned();
+    if ["attestation-agent", "confidential-data-hub"].iter().all(|b| profile_dir.join(b).is_file()) {
+        return profile_dir;
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.arg("build");
