@@ -301,9 +301,17 @@ pub fn configs(data: &[u8]) {
     let agent_words = text.split_ascii_whitespace().filter(|w| w.starts_with("agent.")).count();
     assert!(params.ignored.len() <= agent_words);
     let _ = params.init_params();
-    let file = crate::config::FileConfig::parse(&text).unwrap_or_default();
-    let merged = params.with_file_defaults(file);
-    let _ = crate::config::AgentConfig::resolve(&merged, None, &Default::default());
+    let _ = params.plan_options(true);
+    let _ = crate::config::AgentConfig::resolve(&params, None, &Default::default());
+    // The same text as a config file, which replaces the parameters (kata's rule).
+    if let Ok(file) = crate::config::LoadedFile::parse(&text) {
+        // A key is warned about once: as kata's-but-ignored or as unknown.
+        assert!(file.ignored.iter().all(|k| !file.unknown.contains(k)));
+        let replaced = params.replaced_by_file("/etc/agent.toml".into(), file.config);
+        assert!(replaced.ignored.is_empty());
+        let _ = replaced.init_params();
+        let _ = crate::config::AgentConfig::resolve(&replaced, None, &Default::default());
+    }
 }
 
 #[cfg(test)]
