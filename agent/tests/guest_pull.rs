@@ -130,7 +130,11 @@ fn pause_bundle(dir: &Path) -> PathBuf {
 
 /// A real agent whose storage base, pause bundle and data hub are the test's.
 async fn start_agent(dir: tempfile::TempDir, cdh_socket: &Path) -> Rt {
-    let cgroup_parent = format!("cvm-test-pull-{}", std::process::id());
+    // One cgroup tree per agent: two tests' agents both name their sandbox
+    // "sb", and the first one's teardown would kill the other's processes.
+    static AGENTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = AGENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let cgroup_parent = format!("cvm-test-pull-{}-{n}", std::process::id());
     let base = dir.path().join("kata");
     let bundle = pause_bundle(dir.path());
     let agent = harness::Agent::start_with(dir.path(), |cmd| {
