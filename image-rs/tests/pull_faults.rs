@@ -261,7 +261,9 @@ fn a_few_blob_faults_of_the_resumable_kinds_do_not_fail_the_pull() {
 #[test]
 fn a_trickled_manifest_is_cut_off_by_the_body_timeout() {
     let Some(Fixture { rt, reg, repo, clean, .. }) = setup() else { return };
-    let plan = FaultPlan::new(&[Fault::Trickle], 1.0).paths(&["/manifests/"]);
+    // 1.5 s per byte: each gap within the 2 s read timeout, and the at least 3
+    // trickled bytes take longer than the 3 s body timeout wherever the trickle starts.
+    let plan = FaultPlan::new(&[Fault::Trickle], 1.0).paths(&["/manifests/"]).trickle(Duration::from_millis(1500));
     let proxy = FaultProxy::start(&reg.host(), plan);
     let store = tempfile::tempdir().unwrap();
     let started = Instant::now();

@@ -118,6 +118,12 @@ impl FaultPlan {
         self.max_faults = n;
         self
     }
+
+    /// The interval between two trickled bytes (default 200 ms).
+    pub fn trickle(mut self, every: Duration) -> Self {
+        self.trickle = every;
+        self
+    }
 }
 
 /// `FAULT_SEED` (decimal) or a clock-derived seed.
@@ -477,6 +483,9 @@ fn relay(st: &State, id: u64, mut client: TcpStream, faulty: bool) -> std::io::R
         Some(Fault::LongLength) => {
             (len, rewrite(&resp_head, "content-length", &format!("Content-Length: {}\r\n", len + 1 + offset)))
         }
+        // A trickle keeps at least 3 bytes to trickle, so its length in time is
+        // at least 3 intervals whatever the offset drawn.
+        Some(Fault::Trickle) => (offset.min(len.saturating_sub(3)), rewrite(&resp_head, "", "")),
         Some(_) => (offset, rewrite(&resp_head, "", "")),
         None => (u64::MAX, rewrite(&resp_head, "", "")),
     };
