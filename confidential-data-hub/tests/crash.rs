@@ -116,12 +116,24 @@ impl Aa {
     }
 }
 
-/// Sleeps `after` unless `done` is reported first.
-fn wait_or(after: Duration, done: &std::sync::atomic::AtomicBool) {
-    let until = Instant::now() + after;
-    while Instant::now() < until && !done.load(std::sync::atomic::Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// Runs `call` on a thread and `kill` once `after` has passed (unless the
+/// call returned first), then returns the call's result.
+fn kill_during<T: Send>(after: Duration, call: impl FnOnce() -> T + Send, kill: impl FnOnce()) -> T {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let call = s.spawn(|| {
+            let r = call();
+            done.store(true, Ordering::SeqCst);
+            r
+        });
+        let until = Instant::now() + after;
+        while Instant::now() < until && !done.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        kill();
+        call.join().unwrap()
+    })
 }
 
 fn no_mounts_but(dir: &Path, allowed: &[PathBuf], ctx: &str) {
@@ -148,17 +160,8 @@ fn attestation_agent_killed_during_a_key_release_then_restarted() {
     for round in 0..3 {
         let after = Duration::from_millis(20 + rng.below(1500));
         let ctx = format!("round {round}, AA killed after {after:?} (FAULT_SEED={seed})");
-        let done = std::sync::atomic::AtomicBool::new(false);
-        let got = std::thread::scope(|s| {
-            let call = s.spawn(|| {
-                let r = kbs.runtime.block_on(cdh.get_resource("kbs:///default/config/app"));
-                done.store(true, std::sync::atomic::Ordering::SeqCst);
-                r
-            });
-            wait_or(after, &done);
-            aa.kill();
-            call.join().unwrap()
-        });
+        let got =
+            kill_during(after, || kbs.runtime.block_on(cdh.get_resource("kbs:///default/config/app")), || aa.kill());
         match got {
             Ok(bytes) => {
                 assert_eq!(bytes, b"app-config", "{ctx}");
@@ -206,17 +209,7 @@ fn attestation_agent_killed_during_an_encrypted_pull_then_restarted() {
         let after = Duration::from_millis(20 + rng.below(800));
         let ctx = format!("round {round}, AA killed after {after:?} (FAULT_SEED={seed})");
         let bundle = dir.path().join(format!("bundle{round}"));
-        let done = std::sync::atomic::AtomicBool::new(false);
-        let got = std::thread::scope(|s| {
-            let call = s.spawn(|| {
-                let r = kbs.runtime.block_on(cdh.pull(&image, &bundle));
-                done.store(true, std::sync::atomic::Ordering::SeqCst);
-                r
-            });
-            wait_or(after, &done);
-            aa.kill();
-            call.join().unwrap()
-        });
+        let got = kill_during(after, || kbs.runtime.block_on(cdh.pull(&image, &bundle)), || aa.kill());
         match got {
             Ok(_) => {
                 assert_app_rootfs(&bundle);
@@ -273,17 +266,7 @@ fn data_hub_killed_during_a_pull_then_restarted() {
         let after = Duration::from_millis(20 + rng.below(900));
         let ctx = format!("round {round}, CDH killed after {after:?} (FAULT_SEED={seed})");
         let bundle = dir.path().join(format!("bundle{round}"));
-        let done = std::sync::atomic::AtomicBool::new(false);
-        let got = std::thread::scope(|s| {
-            let call = s.spawn(|| {
-                let r = kbs.runtime.block_on(cdh.pull(&image, &bundle));
-                done.store(true, std::sync::atomic::Ordering::SeqCst);
-                r
-            });
-            wait_or(after, &done);
-            sigkill(cdh.pid());
-            call.join().unwrap()
-        });
+        let got = kill_during(after, || kbs.runtime.block_on(cdh.pull(&image, &bundle)), || sigkill(cdh.pid()));
         match got {
             Ok(_) => {
                 assert_app_rootfs(&bundle);
