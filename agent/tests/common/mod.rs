@@ -15,6 +15,12 @@ pub const ALLOW_ALL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policy/allow-a
 /// The shipped confidential default policy.
 pub const CONFIDENTIAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policy/confidential.rego");
 
+/// The agent binary: CVM_AGENT_TEST_BIN (e.g. the static release build, for
+/// `make soak`), else this crate's.
+pub fn agent_bin() -> String {
+    std::env::var("CVM_AGENT_TEST_BIN").unwrap_or_else(|_| AGENT.to_string())
+}
+
 pub struct Agent {
     pub child: Child,
     pub socket: PathBuf,
@@ -34,7 +40,7 @@ impl Agent {
     pub fn start_with(dir: &Path, configure: impl FnOnce(&mut Command)) -> Agent {
         let socket = dir.join("agent.sock");
         let log = dir.join("agent.log");
-        let mut cmd = Command::new(AGENT);
+        let mut cmd = Command::new(agent_bin());
         cmd.env_remove("KATA_AGENT_SERVER_ADDR")
             .env("KATA_AGENT_POLICY_FILE", ALLOW_ALL)
             .stdin(Stdio::null())

@@ -10,7 +10,7 @@ use protos::agent_ttrpc::AgentServiceClient;
 use protos::oci;
 
 #[path = "../common/mod.rs"]
-mod common;
+pub mod common;
 
 pub use common::Agent;
 
