@@ -131,7 +131,8 @@ impl<R: Read> HashingReader<R> {
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        let read = buf.get(..n).ok_or_else(|| io::Error::other("reader claimed more bytes than its buffer holds"))?;
+        self.hasher.update(read);
         Ok(n)
     }
 }
@@ -177,5 +178,20 @@ mod tests {
         r.read_exact(&mut first).unwrap();
         let (d, len) = r.drain_and_finish().unwrap();
         assert_eq!((d, len), (Digest::of(&data), 100_000));
+    }
+
+    /// A reader that claims to have read more bytes than the buffer holds.
+    struct Lying;
+
+    impl Read for Lying {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            Ok(buf.len() + 1)
+        }
+    }
+
+    #[test]
+    fn hashing_reader_refuses_a_reader_that_overstates_its_read() {
+        let err = HashingReader::new(Lying).read(&mut [0u8; 8]).unwrap_err();
+        assert!(err.to_string().contains("more bytes than its buffer holds"), "{err}");
     }
 }

@@ -10,12 +10,16 @@
 // Errors carry both digests of a mismatch so the operator sees them; they are
 // cold paths, so their size on the stack does not matter.
 #![allow(clippy::result_large_err)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 pub mod bundle;
 pub mod client;
 pub mod digest;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
+// Fuzz harness code, not a parser: its asserts are meant to panic (a panic is
+// how a fuzz target reports a finding), and it indexes and unwraps freely.
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 pub mod fuzzing;
 pub mod keysource;
 pub mod ocicrypt;

@@ -16,6 +16,8 @@
 //!
 //! Exit 0 on success; otherwise non-zero with a one-line reason on stderr.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
 
 use crate::digest::{Digest, Hasher, HashingReader};
@@ -193,9 +193,9 @@ impl Read for ChannelReader {
                 None => return Ok(0),
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
+        // Copies min(buf.len(), current.len()) bytes.
+        let n = (&*self.current).read(buf)?;
+        self.current.advance(n);
         Ok(n)
     }
 }

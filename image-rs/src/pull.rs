@@ -121,36 +121,53 @@ impl Puller {
             .iter()
             .map(|d| parse_digest("config diff_id", d))
             .collect::<Result<_, _>>()?;
+        let layers = resolved.manifest.layers();
+        // `Registry::resolve` refuses such an image already; checked again
+        // because the record and the bundle use one chain ID per diff_id.
+        if layers.len() != diff_ids.len() {
+            return Err(RegistryError::Malformed {
+                what: "image".into(),
+                reason: format!(
+                    "{} layers in the manifest but {} diff_ids in the config",
+                    layers.len(),
+                    diff_ids.len()
+                ),
+            }
+            .into());
+        }
         let chains = chain_ids(&diff_ids);
+        // (encrypted?, job), bottom layer first.
         let mut jobs = Vec::with_capacity(chains.len());
         let mut encrypted = Vec::new();
-        for (i, desc) in resolved.manifest.layers().iter().enumerate() {
-            let lower_roots = chains[..i].iter().rev().map(|c| self.store.layer_path(c)).collect();
+        for (i, ((desc, diff_id), chain_id)) in layers.iter().zip(&diff_ids).zip(&chains).enumerate() {
+            let lower_roots = chains.iter().take(i).rev().map(|c| self.store.layer_path(c)).collect();
             let media = layer_media(desc.media_type())?;
             let blob_digest = parse_digest("layer descriptor", desc.digest().as_ref())?;
             if media.encrypted {
-                encrypted.push((i, (blob_digest.clone(), desc.annotations().as_ref())));
+                encrypted.push((blob_digest.clone(), desc.annotations().as_ref()));
             }
-            jobs.push(LayerJob {
+            let job = LayerJob {
                 source: resolved.source.clone(),
                 blob_digest,
                 blob_size: desc.size(),
                 compression: media.compression,
-                diff_id: diff_ids[i].clone(),
-                chain_id: chains[i].clone(),
+                diff_id: diff_id.clone(),
+                chain_id: chain_id.clone(),
                 lower_roots,
                 decryption: None,
-            });
+            };
+            jobs.push((media.encrypted, job));
         }
         // Key release is the gate: every encrypted layer's key is unwrapped
         // here, before any layer is fetched or a cached one is reused.
         if !encrypted.is_empty() {
-            let layers: Vec<_> = encrypted.iter().map(|(_, l)| l.clone()).collect();
-            let keys = ocicrypt::unwrap_layer_keys(&layers, &self.decrypt).await?;
-            for ((i, _), key) in encrypted.iter().zip(keys) {
-                jobs[*i].decryption = Some(Arc::new(key));
+            // One key per encrypted layer, in order (or an error).
+            let keys = ocicrypt::unwrap_layer_keys(&encrypted, &self.decrypt).await?;
+            for ((_, job), key) in jobs.iter_mut().filter(|(is_encrypted, _)| *is_encrypted).zip(keys) {
+                job.decryption = Some(Arc::new(key));
             }
         }
+        let jobs: Vec<LayerJob> = jobs.into_iter().map(|(_, job)| job).collect();
 
         let mut fetched = 0usize;
         let mut pending = jobs.iter();

@@ -80,22 +80,24 @@ pub struct LayerStore {
 
 /// An unpack in progress; removed on drop unless committed.
 pub struct Staging {
-    path: Option<PathBuf>,
+    path: PathBuf,
+    committed: bool,
 }
 
 impl Staging {
     pub fn path(&self) -> &Path {
-        self.path.as_deref().expect("staging path is present until commit")
+        &self.path
     }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if let Some(p) = self.path.take() {
-            if let Err(err) = fs::remove_dir_all(&p) {
-                if err.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(path = %p.display(), %err, "could not remove staging directory");
-                }
+        if self.committed {
+            return;
+        }
+        if let Err(err) = fs::remove_dir_all(&self.path) {
+            if err.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.path.display(), %err, "could not remove staging directory");
             }
         }
     }
@@ -162,21 +164,22 @@ impl LayerStore {
         let p = self.root.join("staging").join(format!("{}.{}.{n}", chain_id.hex(), std::process::id()));
         let _ = fs::remove_dir_all(&p);
         fs::create_dir(&p).map_err(io_err(&p, "create staging directory"))?;
-        Ok(Staging { path: Some(p) })
+        Ok(Staging { path: p, committed: false })
     }
 
     /// Makes a fully verified layer visible: record first (fsynced), then the
     /// atomic rename of the directory, which is what `layer()` looks for.
+    /// On an error, the staging directory is removed (when `staging` drops).
     pub fn commit_verified(&self, mut staging: Staging, record: &LayerRecord) -> Result<PathBuf, StoreError> {
-        let from = staging.path.take().expect("staging not yet committed");
         let to = self.layer_path(&record.chain_id);
         write_json_atomic(&self.layer_record_path(&record.chain_id), record)?;
         if to.exists() {
-            // Another process committed the same chain while we worked; keep theirs.
-            let _ = fs::remove_dir_all(&from);
+            // Another process committed the same chain while we worked; keep
+            // theirs (ours is removed when `staging` drops).
             return Ok(to);
         }
-        fs::rename(&from, &to).map_err(io_err(&to, "commit layer"))?;
+        fs::rename(&staging.path, &to).map_err(io_err(&to, "commit layer"))?;
+        staging.committed = true;
         Ok(to)
     }
 
@@ -274,7 +277,11 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, S
 
 fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let bytes = serde_json::to_vec_pretty(value).expect("records serialise");
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| StoreError::Io {
+        path: path.to_owned(),
+        op: "serialise record",
+        source: e.into(),
+    })?;
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp, "create"))?;
     f.write_all(&bytes).map_err(io_err(&tmp, "write"))?;
     f.sync_all().map_err(io_err(&tmp, "fsync"))?;

@@ -69,7 +69,8 @@ pub fn create_bundle(
             resolve_user(&rootfs, image.config().as_ref().and_then(|c| c.user().clone()).as_deref().unwrap_or(""))?;
         let spec = runtime_spec(image, &user, "rootfs")?;
         let path = bundle_dir.join("config.json");
-        let json = serde_json::to_vec_pretty(&spec).expect("runtime spec serialises");
+        let json =
+            serde_json::to_vec_pretty(&spec).map_err(|e| SpecError::Build(format!("serialising config.json: {e}")))?;
         std::fs::write(&path, json).map_err(|source| BundleError::Write { path, source })
     })();
     if let Err(e) = result {

@@ -128,6 +128,17 @@ pub(crate) fn wrap_for(opts_json: &[u8], recipients: &[Recipient]) -> Result<BTr
     Ok(out)
 }
 
+/// The `org.opencontainers.image.ref.name` annotation of an index entry.
+fn ref_name(entry: &Value) -> Option<&str> {
+    entry.get("annotations")?.get(REF_NAME)?.as_str()
+}
+
+/// String member `name` of a JSON object (`None` when absent, not a string, or
+/// `v` is not an object).
+fn str_member<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
+    v.get(name).and_then(Value::as_str)
+}
+
 fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, OcicryptError> {
     let d: Digest = digest.parse().map_err(|e| err(format!("digest {digest:?}: {e}")))?;
     Ok(layout.join("blobs/sha256").join(d.hex()))
@@ -172,8 +183,9 @@ fn put_blob(dst: &Path, data: &[u8]) -> Result<String, OcicryptError> {
 
 /// Encrypts one layer blob from `src` into `dst`; returns the new descriptor.
 fn encrypt_layer(src: &Path, dst: &Path, desc: &Value, recipients: &[Recipient]) -> Result<Value, OcicryptError> {
-    let digest = desc["digest"].as_str().ok_or_else(|| err("layer descriptor without digest"))?;
-    let media_type = desc["mediaType"].as_str().ok_or_else(|| err("layer descriptor without mediaType"))?;
+    let digest = str_member(desc, "digest").ok_or_else(|| err("layer descriptor without digest"))?;
+    let media_type = str_member(desc, "mediaType").ok_or_else(|| err("layer descriptor without mediaType"))?;
+    let mut out = desc.as_object().ok_or_else(|| err("layer descriptor is not a JSON object"))?.clone();
     let enc_mt = encrypted_media_type(media_type)?;
     let mut symkey = Zeroizing::new([0u8; SYMKEY_LEN]);
     let mut nonce = [0u8; NONCE_LEN];
@@ -183,7 +195,8 @@ fn encrypt_layer(src: &Path, dst: &Path, desc: &Value, recipients: &[Recipient])
     let from = blob_path(src, digest)?;
     let mut input = fs::File::open(&from).map_err(|e| err(format!("{}: {e}", from.display())))?;
     let tmp = dst.join("blobs/sha256").join(format!(".encrypting-{}", std::process::id()));
-    let mut out = std::io::BufWriter::new(fs::File::create(&tmp).map_err(|e| err(format!("{}: {e}", tmp.display())))?);
+    let mut writer =
+        std::io::BufWriter::new(fs::File::create(&tmp).map_err(|e| err(format!("{}: {e}", tmp.display())))?);
     let mut enc = LayerEncryptor::new(&symkey, &nonce);
     let (mut plain, mut cipher) = (Hasher::default(), Hasher::default());
     let mut buf = vec![0u8; 1 << 20];
@@ -192,13 +205,14 @@ fn encrypt_layer(src: &Path, dst: &Path, desc: &Value, recipients: &[Recipient])
         if n == 0 {
             break;
         }
-        plain.update(&buf[..n]);
-        enc.update(&mut buf[..n]);
-        cipher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| err(format!("{}: {e}", tmp.display())))?;
+        let chunk = buf.get_mut(..n).ok_or_else(|| err(format!("{}: read past the buffer", from.display())))?;
+        plain.update(chunk);
+        enc.update(chunk);
+        cipher.update(chunk);
+        writer.write_all(chunk).map_err(|e| err(format!("{}: {e}", tmp.display())))?;
     }
-    out.flush().map_err(|e| err(format!("{}: {e}", tmp.display())))?;
-    drop(out);
+    writer.flush().map_err(|e| err(format!("{}: {e}", tmp.display())))?;
+    drop(writer);
     let size = cipher.len();
     if plain.finish().to_string() != digest {
         let _ = fs::remove_file(&tmp);
@@ -223,12 +237,11 @@ fn encrypt_layer(src: &Path, dst: &Path, desc: &Value, recipients: &[Recipient])
     }
     let pubopts = json!({"cipher": CIPHER_AES_CTR_HMAC, "hmac": STANDARD.encode(hmac), "cipheroptions": {}});
     annotations.insert(ANN_PUBOPTS.into(), STANDARD.encode(pubopts.to_string()).into());
-    let mut out = desc.clone();
-    out["mediaType"] = enc_mt.into();
-    out["digest"] = enc_digest.to_string().into();
-    out["size"] = size.into();
-    out["annotations"] = Value::Object(annotations);
-    Ok(out)
+    out.insert("mediaType".into(), enc_mt.into());
+    out.insert("digest".into(), enc_digest.to_string().into());
+    out.insert("size".into(), size.into());
+    out.insert("annotations".into(), Value::Object(annotations));
+    Ok(Value::Object(out))
 }
 
 /// The result of [`encrypt_layout`].
@@ -250,30 +263,38 @@ pub fn encrypt_layout(
         return Err(err("no recipients"));
     }
     let index = read_json(&src.join("index.json"))?;
-    let entry = index["manifests"]
-        .as_array()
-        .and_then(|list| list.iter().find(|m| m["annotations"][REF_NAME] == src_tag))
+    let entry = index
+        .get("manifests")
+        .and_then(Value::as_array)
+        .and_then(|list| list.iter().find(|m| ref_name(m) == Some(src_tag)))
         .ok_or_else(|| err(format!("no image tagged {src_tag:?} in {}", src.display())))?;
-    if entry["mediaType"] != MT_OCI_MANIFEST {
-        return Err(err(format!("{src_tag:?} is {} (only single-platform OCI manifests)", entry["mediaType"])));
+    if str_member(entry, "mediaType") != Some(MT_OCI_MANIFEST) {
+        let media_type = entry.get("mediaType").unwrap_or(&Value::Null);
+        return Err(err(format!("{src_tag:?} is {media_type} (only single-platform OCI manifests)")));
     }
-    let manifest_digest = entry["digest"].as_str().ok_or_else(|| err("index entry without digest"))?;
+    let manifest_digest = str_member(entry, "digest").ok_or_else(|| err("index entry without digest"))?;
     let mpath = blob_path(src, manifest_digest)?;
-    let mut manifest = read_json(&mpath)?;
+    let Value::Object(mut manifest) = read_json(&mpath)? else {
+        return Err(err(format!("manifest {manifest_digest} is not a JSON object")));
+    };
     if Digest::of(&fs::read(&mpath).map_err(|e| err(e.to_string()))?).to_string() != manifest_digest {
         return Err(err(format!("manifest {manifest_digest} does not match its digest")));
     }
     fs::create_dir_all(dst.join("blobs/sha256")).map_err(|e| err(format!("{}: {e}", dst.display())))?;
     fs::write(dst.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(|e| err(e.to_string()))?;
 
-    let config_digest = manifest["config"]["digest"].as_str().ok_or_else(|| err("manifest without config"))?.to_owned();
+    let config_digest = manifest
+        .get("config")
+        .and_then(|c| str_member(c, "digest"))
+        .ok_or_else(|| err("manifest without config"))?
+        .to_owned();
     copy_blob(src, dst, &config_digest)?;
-    let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+    let layers = manifest.get("layers").and_then(Value::as_array).cloned().unwrap_or_default();
     let mut new_layers = Vec::with_capacity(layers.len());
     for desc in &layers {
         new_layers.push(encrypt_layer(src, dst, desc, recipients)?);
     }
-    manifest["layers"] = Value::Array(new_layers);
+    manifest.insert("layers".into(), Value::Array(new_layers));
     let bytes = serde_json::to_vec(&manifest).map_err(|e| err(e.to_string()))?;
     let digest = put_blob(dst, &bytes)?;
 
@@ -283,9 +304,76 @@ pub fn encrypt_layout(
     } else {
         json!({"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": []})
     };
-    let list = dst_index["manifests"].as_array_mut().ok_or_else(|| err("destination index.json has no manifests"))?;
-    list.retain(|m| m["annotations"][REF_NAME] != dst_tag);
+    let list = dst_index
+        .get_mut("manifests")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| err("destination index.json has no manifests"))?;
+    list.retain(|m| ref_name(m) != Some(dst_tag));
     list.push(json!({"mediaType": MT_OCI_MANIFEST, "digest": digest, "size": bytes.len(), "annotations": {REF_NAME: dst_tag}}));
     write_atomic(&index_path, &serde_json::to_vec(&dst_index).map_err(|e| err(e.to_string()))?)?;
     Ok(EncryptedImage { manifest_digest: digest, layers: layers.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider() -> Vec<Recipient> {
+        vec![Recipient::Provider {
+            name: "attestation-agent".into(),
+            kid: "kbs:///default/key/1".parse().unwrap(),
+            kek: Zeroizing::new(vec![7u8; 32]),
+        }]
+    }
+
+    /// Writes `data` as a blob of `layout`; returns its digest.
+    fn blob(layout: &Path, data: &[u8]) -> String {
+        fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+        put_blob(layout, data).unwrap()
+    }
+
+    fn index(layout: &Path, index: &Value) {
+        fs::write(layout.join("index.json"), index.to_string()).unwrap();
+    }
+
+    fn tagged(media_type: Value, digest: &str) -> Value {
+        json!({"manifests": [{"mediaType": media_type, "digest": digest, "annotations": {REF_NAME: "t"}}]})
+    }
+
+    fn encrypt_err(src: &Path) -> String {
+        let dst = tempfile::tempdir().unwrap();
+        encrypt_layout(src, "t", dst.path(), "t", &provider()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn hostile_layouts_are_clear_errors() {
+        let src = tempfile::tempdir().unwrap();
+        let src = src.path();
+        for bad in [json!([]), json!({"manifests": 5}), json!({"manifests": [7, {"annotations": "x"}]})] {
+            index(src, &bad);
+            let e = encrypt_err(src);
+            assert!(e.contains("no image tagged \"t\""), "{bad}: {e}");
+        }
+
+        let digest = blob(src, b"[1]");
+        index(src, &tagged(MT_OCI_INDEX.into(), &digest));
+        let e = encrypt_err(src);
+        assert!(e.contains(&format!("is \"{MT_OCI_INDEX}\" (only single-platform")), "{e}");
+        index(src, &tagged(Value::Null, &digest));
+        assert!(encrypt_err(src).contains("is null (only single-platform"));
+
+        index(src, &tagged(MT_OCI_MANIFEST.into(), &digest));
+        let e = encrypt_err(src);
+        assert!(e.contains(&format!("manifest {digest} is not a JSON object")), "{e}");
+
+        let config = blob(src, b"{}");
+        let manifest = json!({"config": {"digest": config}, "layers": ["x"]}).to_string();
+        index(src, &tagged(MT_OCI_MANIFEST.into(), &blob(src, manifest.as_bytes())));
+        let e = encrypt_err(src);
+        assert!(e.contains("layer descriptor without digest"), "{e}");
+
+        let manifest = json!({"config": 1, "layers": []}).to_string();
+        index(src, &tagged(MT_OCI_MANIFEST.into(), &blob(src, manifest.as_bytes())));
+        assert!(encrypt_err(src).contains("manifest without config"));
+    }
 }

@@ -173,7 +173,10 @@ impl Distribution {
             );
         }
         if let Some(offset) = range_from {
-            headers.insert(RANGE, HeaderValue::from_str(&format!("bytes={offset}-")).expect("ascii header"));
+            headers.insert(
+                RANGE,
+                HeaderValue::from_str(&format!("bytes={offset}-")).map_err(|e| RegistryError::Config(e.to_string()))?,
+            );
         }
         let mut retried_auth = false;
         loop {

@@ -112,7 +112,7 @@ impl fmt::Display for DockerRef {
 /// True when `name` is `prefix` or lies below it (`prefix/…`). A host prefix
 /// must match the whole `host[:port]`.
 pub(crate) fn name_has_prefix(name: &str, prefix: &str) -> bool {
-    name == prefix || (name.len() > prefix.len() && name.starts_with(prefix) && name.as_bytes()[prefix.len()] == b'/')
+    name.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -148,5 +148,8 @@ mod tests {
         assert!(name_has_prefix("docker.io/library/busybox", "docker.io/library/busybox"));
         assert!(!name_has_prefix("docker.io/library/busyboxx", "docker.io/library/busybox"));
         assert!(!name_has_prefix("host:5000/a", "host"));
+        assert!(!name_has_prefix("host", "host/a"));
+        assert!(name_has_prefix("", ""));
+        assert!(!name_has_prefix("", "a"));
     }
 }

@@ -197,9 +197,9 @@ pub(crate) fn p256_from_xy(x: &str, y: &str, what: &'static str) -> Result<p256:
 
 /// Affine coordinates of a P-256 public key, base64url.
 pub(crate) fn p256_xy(pk: &p256::PublicKey) -> (String, String) {
-    let sec1 = pk.to_sec1_bytes(); // uncompressed: 0x04 || X || Y
-    let sec1 = if sec1.len() == 65 { sec1 } else { p256::Sec1Point::from(pk).to_bytes() };
-    (b64::encode(&sec1[1..33]), b64::encode(&sec1[33..65]))
+    use p256::elliptic_curve::point::AffineCoordinates;
+    let point = pk.as_affine(); // big-endian 32-byte field elements, as in SEC1 and RFC 7518
+    (b64::encode(&point.x()), b64::encode(&point.y()))
 }
 
 fn rsa_uint(what: &'static str, s: &str, bits: u32) -> Result<BoxedUint> {

@@ -70,6 +70,15 @@ fn pem_round_trips_pkcs8_spki_sec1_pkcs1() {
 }
 
 #[test]
+fn p256_xy_is_the_big_endian_affine_coordinates() {
+    // The P-256 base point G (SEC 2, section 2.4.2).
+    let x = hex::decode("6b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296").unwrap();
+    let y = hex::decode("4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5").unwrap();
+    let g = p256_point(&x, &y, "test").unwrap();
+    assert_eq!(p256_xy(&g), (b64::encode(&x), b64::encode(&y)));
+}
+
+#[test]
 fn ec_jwk_private_round_trip_and_mismatch() {
     let PrivateKey::P256(sk) = PrivateKey::generate_p256().unwrap() else { unreachable!() };
     let (x, y) = p256_xy(&sk.public_key());

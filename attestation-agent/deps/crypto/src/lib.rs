@@ -22,6 +22,8 @@
 //! (P-256), `RSA1_5` (decrypt only, opt-in); `enc` = `A256GCM`; compact,
 //! flattened and general JSON serializations.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 pub mod aead;
 mod b64;
 mod error;

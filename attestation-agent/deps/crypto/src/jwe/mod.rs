@@ -211,20 +211,20 @@ fn parse(input: &[u8], opts: &DecryptOptions) -> Result<Parsed> {
 
 fn parse_compact(text: &str) -> Result<Parsed> {
     let parts: Vec<&str> = text.split('.').collect();
-    if parts.len() != 5 {
+    let [protected, encrypted_key, iv, ciphertext, tag] = parts.as_slice() else {
         return Err(malformed(format!(
             "neither JSON nor compact serialization ({} dot-separated parts, expected 5)",
             parts.len()
         )));
-    }
-    let header = decode_protected(parts[0])?;
+    };
+    let header = decode_protected(protected)?;
     Ok(Parsed {
-        protected_b64: parts[0].to_string(),
+        protected_b64: protected.to_string(),
         aad_b64: None,
-        recipients: vec![ParsedRecipient { header, encrypted_key: parts[1].to_string() }],
-        iv: parts[2].to_string(),
-        ciphertext: parts[3].to_string(),
-        tag: parts[4].to_string(),
+        recipients: vec![ParsedRecipient { header, encrypted_key: encrypted_key.to_string() }],
+        iv: iv.to_string(),
+        ciphertext: ciphertext.to_string(),
+        tag: tag.to_string(),
     })
 }
 
@@ -352,12 +352,6 @@ pub fn encrypt(
     if recipients.is_empty() {
         return Err(malformed("encrypt: no recipients"));
     }
-    if serialization != Serialization::General && recipients.len() != 1 {
-        return Err(malformed(format!(
-            "{serialization:?} serialization carries exactly one recipient, got {}",
-            recipients.len()
-        )));
-    }
     if serialization == Serialization::Compact && aad.is_some() {
         return Err(malformed("compact serialization cannot carry aad"));
     }
@@ -366,12 +360,22 @@ pub fn encrypt(
     for r in recipients {
         wrapped.push(keywrap::wrap(r.key, r.alg, &cek)?);
     }
+    // Compact and flattened carry exactly one recipient.
+    let single = match (serialization, wrapped.as_slice()) {
+        (Serialization::General, _) => None,
+        (_, [one]) => Some(one),
+        (_, many) => {
+            return Err(malformed(format!(
+                "{serialization:?} serialization carries exactly one recipient, got {}",
+                many.len()
+            )))
+        }
+    };
 
     let mut protected = Map::new();
     protected.insert("enc".into(), Value::String(ENC_A256GCM.into()));
-    if serialization != Serialization::General {
+    if let Some((_, h)) = single {
         // Single recipient: protect alg (and epk) too.
-        let (_, h) = &wrapped[0];
         for (k, v) in h {
             protected.insert(k.clone(), v.clone());
         }
@@ -386,16 +390,16 @@ pub fn encrypt(
     let (iv, ct, tag) = (b64::encode(&sealed.iv), b64::encode(&sealed.ciphertext), b64::encode(&sealed.tag));
 
     let mut out = Map::new();
-    match serialization {
-        Serialization::Compact => {
-            let ek = b64::encode(&wrapped[0].0);
+    match single {
+        Some((ek, _)) if serialization == Serialization::Compact => {
+            let ek = b64::encode(ek);
             return Ok(format!("{protected_b64}.{ek}.{iv}.{ct}.{tag}"));
         }
-        Serialization::Flattened => {
+        Some((ek, _)) => {
             out.insert("protected".into(), protected_b64.into());
-            out.insert("encrypted_key".into(), b64::encode(&wrapped[0].0).into());
+            out.insert("encrypted_key".into(), b64::encode(ek).into());
         }
-        Serialization::General => {
+        None => {
             out.insert("protected".into(), protected_b64.into());
             let list: Vec<Value> = wrapped
                 .iter()

@@ -280,6 +280,13 @@ fn rejects_truncated_and_wrong_length_fields() {
     let compact = enc(b"x", ec_key(), KeyAlg::EcdhEsA256kw, Serialization::Compact);
     let four: Vec<&str> = compact.split('.').take(4).collect();
     assert!(matches!(decrypt(four.join(".").as_bytes(), ec_key()), Err(CryptoError::MalformedJwe(_))));
+    for hostile in [format!("{compact}."), format!("{compact}.x"), ".".into(), "...".into(), ".....".into(), "x".into()]
+    {
+        match decrypt(hostile.as_bytes(), ec_key()) {
+            Err(CryptoError::MalformedJwe(m)) => assert!(m.contains("expected 5"), "{hostile:?}: {m}"),
+            other => panic!("{hostile:?}: {other:?}"),
+        }
+    }
     assert!(matches!(decrypt(b"{\"protected\":", ec_key()), Err(CryptoError::MalformedJwe(_))));
     assert!(matches!(decrypt(&[0xff, 0xfe, 0x00], ec_key()), Err(CryptoError::MalformedJwe(_))));
 }
@@ -322,7 +329,12 @@ fn rejects_oversized_inputs_before_work() {
 fn encrypt_refuses_bad_requests() {
     let (rsa_pub, ec_pub) = (rsa_key().public_key(), ec_key().public_key());
     let two = [Recipient::new(&rsa_pub), Recipient::new(&ec_pub)];
-    assert!(encrypt(b"x", &two, Serialization::Flattened, None).is_err());
+    for ser in [Serialization::Flattened, Serialization::Compact] {
+        match encrypt(b"x", &two, ser, None) {
+            Err(CryptoError::MalformedJwe(m)) => assert!(m.contains("exactly one recipient, got 2"), "{m}"),
+            other => panic!("{ser:?}: {other:?}"),
+        }
+    }
     assert!(encrypt(b"x", &two[..1], Serialization::Compact, Some(b"a")).is_err());
     assert!(encrypt(b"x", &[], Serialization::General, None).is_err());
     let mismatched = Recipient { key: &ec_pub, alg: KeyAlg::RsaOaep };
