@@ -36,9 +36,6 @@ pub struct CreateParams {
     pub oom_events: mpsc::Sender<String>,
 }
 
-/// How often the OOM-kill counter of a container is sampled.
-const OOM_POLL: Duration = Duration::from_millis(200);
-
 /// Builds the namespace list: the spec's, with the sandbox's shared ones
 /// filled in, and always a new mount namespace.
 pub fn plan_namespaces(spec: &protos::oci::Spec, shared: &SharedNamespaces) -> Result<Vec<NsRequest>> {
@@ -182,7 +179,7 @@ impl Container {
             }
         };
         let init = Process::new(p.exec_id.clone(), spawned.pid, spawned.waiter, agent_io);
-        let oom_watch = spawn_oom_watch(p.id.clone(), &cgroup, p.oom_events);
+        let oom_watch = super::oom::OomWatch::spawn(p.id.clone(), &cgroup, p.oom_events);
         tracing::info!(container = %p.id, pid = spawned.pid, cgroup = cgroup.path(), "container created");
         Ok(Arc::new(Container {
             id: p.id,
@@ -197,36 +194,6 @@ impl Container {
             oom_watch,
         }))
     }
-}
-
-/// Samples the cgroup's OOM-kill counter and announces each new kill.
-fn spawn_oom_watch(id: String, cgroup: &ContainerCgroup, tx: mpsc::Sender<String>) -> tokio::task::JoinHandle<()> {
-    let file = cgroup.memory_dir().map(|d| d.join(if cgroup.is_v2() { "memory.events" } else { "memory.oom_control" }));
-    tokio::spawn(async move {
-        let Some(file) = file else { return };
-        let read = |f: &Path| -> u64 {
-            std::fs::read_to_string(f)
-                .ok()
-                .and_then(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())))
-                .unwrap_or(0)
-        };
-        let mut seen = read(&file);
-        loop {
-            tokio::time::sleep(OOM_POLL).await;
-            let now = read(&file);
-            if now > seen {
-                seen = now;
-                tracing::info!(container = %id, "OOM kill in container");
-                match tx.try_send(id.clone()) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        tracing::warn!(container = %id, "OOM event dropped: the host is not reading GetOOMEvent");
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
-                }
-            }
-        }
-    })
 }
 
 #[cfg(test)]

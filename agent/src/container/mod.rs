@@ -6,6 +6,7 @@
 pub mod create;
 mod exec;
 mod ns_paths;
+mod oom;
 mod remove;
 mod resources;
 mod signal;
@@ -67,7 +68,7 @@ pub struct Container {
     ns_dir: PathBuf,
     /// Storages named by this container's CreateContainer, undone on removal.
     storages: Mutex<Vec<crate::sandbox::storage::Prepared>>,
-    oom_watch: tokio::task::JoinHandle<()>,
+    oom_watch: oom::OomWatch,
 }
 
 impl std::fmt::Debug for Container {
@@ -124,14 +125,10 @@ impl Container {
         if !Arc::ptr_eq(&p, &self.init) {
             lock(&self.execs).remove(&p.exec_id);
         } else {
+            // An OOM kill that ended the init is announced before its status.
+            self.oom_watch.flush();
             self.set_status(Status::Stopped);
         }
         Ok(status.code())
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        self.oom_watch.abort();
     }
 }

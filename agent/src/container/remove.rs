@@ -32,6 +32,8 @@ impl Container {
         // die on their own schedule; retry until the cgroup is empty.
         loop {
             self.kill_all();
+            // The last look at the OOM-kill counter before the cgroup goes.
+            self.oom_watch.flush();
             match self.cgroup.delete() {
                 Ok(()) => break,
                 Err(e) => {

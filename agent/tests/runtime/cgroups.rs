@@ -29,6 +29,35 @@ async fn a_memory_limit_leads_to_an_oom_kill_reported_by_get_oom_event() {
     rt.remove("oom").await.unwrap();
 }
 
+/// Found by the soak: a container removed right after its OOM-killed init
+/// was waited for lost its event (the counter is sampled every 200 ms and
+/// the cgroup was gone before the next sample). The event is now queued
+/// before WaitProcess answers, so a shim that polls afterwards still gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_kill_is_reported_even_when_the_container_is_removed_at_once() {
+    if !prerequisites() {
+        return;
+    }
+    let rt = Rt::start().await;
+    rt.create_sandbox("sb", false).await;
+    let rootfs = rt.rootfs("oom");
+    for i in 0..3 {
+        let id = format!("oom{i}");
+        let mut s = spec(&rootfs, &["sh", "-c", "x=aaaaaaaa; while true; do x=$x$x; done"]);
+        resources(&mut s).Memory =
+            Some(oci::LinuxMemory { Limit: 32 << 20, Swap: 32 << 20, ..Default::default() }).into();
+        rt.run(&id, s).await;
+        assert_eq!(rt.wait(&id, "").await, 137, "killed by the OOM killer");
+        rt.remove(&id).await.unwrap();
+        let ev =
+            tokio::time::timeout(Duration::from_secs(2), rt.client.get_oom_event(ctx(), &GetOOMEventRequest::new()))
+                .await
+                .unwrap_or_else(|_| panic!("no OOM event for {id}, removed right after its exit"))
+                .unwrap();
+        assert_eq!(ev.container_id, id);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pids_limit_is_enforced_and_update_changes_it() {
     if !prerequisites() {

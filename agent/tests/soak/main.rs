@@ -63,14 +63,15 @@ impl Probe {
         }
     }
 
-    /// Waits until neither process has more threads than when idle at the
-    /// start (tokio's blocking threads linger 10 s), then samples.
-    async fn idle_sample(&self, cold: &Sample, phase: Phase) -> Sample {
+    /// Waits until both processes are down to their idle threads (main and
+    /// one tokio worker per CPU; blocking-pool threads linger 10 s after
+    /// their last task), then samples.
+    async fn idle_sample(&self, phase: Phase) -> Sample {
+        let idle_threads = 1 + std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             let s = self.sample(phase);
-            if (s.agent.threads <= cold.agent.threads && s.hub.threads <= cold.hub.threads) || Instant::now() > deadline
-            {
+            if (s.agent.threads <= idle_threads && s.hub.threads <= idle_threads) || Instant::now() > deadline {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 return self.sample(phase);
             }
@@ -189,7 +190,6 @@ async fn soak() {
     let world = Arc::new(World { rt, rootfs, images, tally: Default::default() });
     let probe =
         Arc::new(Probe { agent_pid, hub_pid: hub.child.id(), cgroup_dir, start: Instant::now(), world: world.clone() });
-    let cold = probe.sample(Phase::IdleBaseline);
     let log = Arc::new(Mutex::new((Csv::create(&out.join("soak.csv")).unwrap(), Vec::new())));
     let phase = Arc::new(Mutex::new(Some(Phase::Warmup)));
     let sampling = tokio::spawn(sampler(probe.clone(), phase.clone(), log.clone(), every));
@@ -197,7 +197,7 @@ async fn soak() {
 
     segment(&world, "warm", Instant::now() + warm).await;
     *phase.lock().unwrap() = None;
-    let baseline = probe.idle_sample(&cold, Phase::IdleBaseline).await;
+    let baseline = probe.idle_sample(Phase::IdleBaseline).await;
     record(&log, baseline);
     println!("soak: warmed up: {}", world.tally.summary());
 
@@ -206,7 +206,7 @@ async fn soak() {
     segment(&world, "load", load_start + total.saturating_sub(warm)).await;
     *phase.lock().unwrap() = None;
     let load_time = load_start.elapsed();
-    let after = probe.idle_sample(&cold, Phase::IdleFinal).await;
+    let after = probe.idle_sample(Phase::IdleFinal).await;
     record(&log, after);
     sampling.abort();
 
