@@ -1,20 +1,36 @@
 #!/bin/sh
 # Runs every fuzz target (or those named) for FUZZ_SECONDS each, stopping at
-# the first crash, timeout or OOM with a non-zero exit. Used by `make fuzz`.
-#   FUZZ_SECONDS  time per target (default 60)
-#   FUZZ_TARGETS  space-separated targets (default: all of `cargo fuzz list`)
+# the first crash, timeout or OOM with a non-zero exit. Used by `make fuzz`
+# and, with FUZZ_SECONDS=20 FUZZ_SANITIZER=none, by `make test` (CI).
+#   FUZZ_SECONDS    time per target (default 60)
+#   FUZZ_TARGETS    space-separated targets (default: all of `cargo fuzz list`)
+#   FUZZ_SANITIZER  address (default) or none: without ASan the build is
+#                   cheaper and runs about twice the executions; panics,
+#                   timeouts and OOMs are caught either way
+# cargo-fuzz runs on the nightly toolchain when there is one, else on the
+# stable one with RUSTC_BOOTSTRAP=1 (its -Z flags), so a machine with only
+# the stable toolchain fuzzes too.
 set -eu
 cd "$(dirname "$0")/.."
 SECONDS_PER=${FUZZ_SECONDS:-60}
+SANITIZER=${FUZZ_SANITIZER:-address}
 CARGO=${CARGO:-cargo}
-nightly="$CARGO +nightly"
-$nightly fuzz --version >/dev/null 2>&1 || {
-  echo "cargo-fuzz on a nightly toolchain is needed: rustup toolchain install nightly && cargo +nightly install cargo-fuzz" >&2
+if $CARGO +nightly --version >/dev/null 2>&1; then
+  fuzz="$CARGO +nightly fuzz"
+else
+  export RUSTC_BOOTSTRAP=1
+  fuzz="$CARGO fuzz"
+  echo "fuzz: no nightly toolchain; cargo-fuzz on $($CARGO --version) with RUSTC_BOOTSTRAP=1"
+fi
+$fuzz --version >/dev/null 2>&1 || {
+  echo "cargo-fuzz is needed: cargo install --locked cargo-fuzz (make deps does it)" >&2
   exit 1
 }
-TARGETS=${FUZZ_TARGETS:-$($nightly fuzz list --fuzz-dir fuzz)}
+TARGETS=${FUZZ_TARGETS:-$($fuzz list --fuzz-dir fuzz)}
 sh fuzz/seed.sh
-$nightly fuzz build --fuzz-dir fuzz
+start=$(date +%s)
+$fuzz build --fuzz-dir fuzz -s "$SANITIZER"
+echo "fuzz: build (sanitizer: $SANITIZER) took $(( $(date +%s) - start ))s"
 
 # Which crate's `fuzzing` module (and regression test) owns a target.
 owner() {
@@ -30,16 +46,19 @@ owner() {
 for t in $TARGETS; do
   echo "== fuzz $t for ${SECONDS_PER}s"
   mkdir -p "fuzz/artifacts/$t"
-  if ! $nightly fuzz run --fuzz-dir fuzz "$t" "fuzz/corpus/$t" -- \
+  if ! $fuzz run --fuzz-dir fuzz -s "$SANITIZER" "$t" "fuzz/corpus/$t" -- \
       -max_total_time="$SECONDS_PER" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
       -artifact_prefix="fuzz/artifacts/$t/"; then
     echo >&2
     echo "FUZZ FAILURE in $t; the input is in fuzz/artifacts/$t/:" >&2
     ls -t "fuzz/artifacts/$t" | head -3 | sed "s|^|  fuzz/artifacts/$t/|" >&2
-    echo "Reproduce: cargo +nightly fuzz run --fuzz-dir fuzz $t fuzz/artifacts/$t/<file>" >&2
+    # CI keeps only its log: the input goes there too, to be saved from it.
+    newest=$(ls -t "fuzz/artifacts/$t" | head -1)
+    [ -n "$newest" ] && { echo "Its bytes (base64 -d > fuzz/regressions/$t/<what-it-found>):" >&2; base64 -w0 "fuzz/artifacts/$t/$newest" >&2; echo >&2; }
+    echo "Reproduce: $fuzz run --fuzz-dir fuzz -s $SANITIZER $t fuzz/artifacts/$t/<file>" >&2
     echo "Then keep it as a regression input, replayed by \`cargo test\` of $(owner "$t"):" >&2
     echo "  mkdir -p fuzz/regressions/$t && cp fuzz/artifacts/$t/<file> fuzz/regressions/$t/<what-it-found>" >&2
     exit 1
   fi
 done
-echo "fuzz: all targets ran ${SECONDS_PER}s without a finding"
+echo "fuzz: $(echo $TARGETS | wc -w) targets ran ${SECONDS_PER}s each without a finding; $(( $(date +%s) - start ))s in all"
