@@ -167,10 +167,12 @@ impl FrameCursor {
     fn advance(&mut self, mut bytes: &[u8], mut on_header: impl FnMut(Header), mut on_end: impl FnMut(Header)) {
         while !bytes.is_empty() {
             if self.body_left == 0 && self.header_filled < HEADER_LEN {
-                let n = bytes.len().min(HEADER_LEN - self.header_filled);
-                self.header[self.header_filled..self.header_filled + n].copy_from_slice(&bytes[..n]);
-                self.header_filled += n;
-                bytes = &bytes[n..];
+                let (head, rest) = bytes.split_at(bytes.len().min(HEADER_LEN - self.header_filled));
+                for (slot, byte) in self.header.iter_mut().skip(self.header_filled).zip(head) {
+                    *slot = *byte;
+                }
+                self.header_filled += head.len();
+                bytes = rest;
                 if self.header_filled < HEADER_LEN {
                     return;
                 }
@@ -180,7 +182,7 @@ impl FrameCursor {
             } else {
                 let n = bytes.len().min(self.body_left);
                 self.body_left -= n;
-                bytes = &bytes[n..];
+                bytes = bytes.get(n..).unwrap_or_default();
             }
             if self.body_left == 0 {
                 on_end(self.decoded());
@@ -327,7 +329,8 @@ impl<S: AsyncRead + PeerHangup + Unpin> AsyncRead for FlowSocket<S> {
         if buf.remaining() <= want {
             let before = buf.filled().len();
             std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-            track_inbound(&mut this.inbound, &mut this.in_flight, &buf.filled()[before..]);
+            let read = buf.filled().get(before..).unwrap_or_default();
+            track_inbound(&mut this.inbound, &mut this.in_flight, read);
         } else {
             let mut part = ReadBuf::new(buf.initialize_unfilled_to(want));
             std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut part))?;
@@ -363,9 +366,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FlowSocket<S> {
             Poll::Ready(Ok(n)) => n,
         };
         this.write_stalled = false;
+        // A transport that claims more than it was given is broken: fail the
+        // connection rather than track frames that were never sent.
+        let Some(written) = buf.get(..n) else {
+            return Poll::Ready(Err(io::Error::other(format!(
+                "agent transport reported {n} bytes written of a {}-byte buffer",
+                buf.len()
+            ))));
+        };
         let in_flight = &mut this.in_flight;
         this.outbound.advance(
-            &buf[..n],
+            written,
             |_| {},
             |h| {
                 if h.kind == TYPE_RESPONSE {

@@ -5,6 +5,7 @@
 //! The agent speaks kata-containers' agent protocol (see `protos`). Every
 //! request comes from the untrusted host: handlers must never panic and never
 //! block another container's requests.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 pub mod capabilities;
 pub mod cgroups;
@@ -16,6 +17,8 @@ pub mod ctl;
 pub mod flow;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
+// Fuzz harness code: its asserts and unwraps are meant to panic (a panic is the fuzzer's finding).
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 pub mod fuzzing;
 pub mod guest_clock;
 pub mod guest_details;

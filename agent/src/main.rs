@@ -1,6 +1,7 @@
 //! `cvm-agent`: wires configuration, logging and the ttrpc server together.
 //! As PID 1 of the VM it first does the init duties (`cvm_agent::init`) and,
 //! whatever happens, ends by powering the VM off instead of exiting.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::process::ExitCode;
 

@@ -84,7 +84,7 @@ impl Agent {
             }
             None => None,
         };
-        let bound_initdata = Mutex::new(initdata.as_ref().map(Initdata::digest));
+        let bound_initdata = Mutex::new(initdata.as_ref().map(Initdata::digest).transpose()?);
         let initdata = initdata.map(|i| i.raw);
         let default_register = config.measurement.default_register;
         let eventlog = if eventlog {
@@ -129,7 +129,8 @@ impl Agent {
         })
         .await
         .map_err(|e| AgentError::InvalidArgument(format!("evidence task failed: {e}")))??;
-        Ok(serde_json::to_vec(&evidence).expect("JSON values serialize"))
+        // A JSON value's Display is its compact serialization (what to_vec writes), and cannot fail.
+        Ok(evidence.to_string().into_bytes())
     }
 
     /// Evidence of the additional attestable devices: none in this build, so

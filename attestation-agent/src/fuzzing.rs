@@ -94,7 +94,7 @@ pub fn kbs_rcar(data: &[u8]) {
 pub fn initdata(data: &[u8]) {
     let Ok(raw) = std::str::from_utf8(data) else { return };
     if let Ok(d) = crate::initdata::Initdata::parse(raw.to_owned()) {
-        let digest = d.digest();
+        let digest = d.digest().unwrap();
         assert!([32, 48, 64].contains(&digest.len()), "{} byte digest", digest.len());
         for len in [32, 48] {
             let fitted = crate::initdata::fit_to_field(&digest, len);

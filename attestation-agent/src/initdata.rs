@@ -64,7 +64,7 @@ pub fn field_len(tee: TeeKind) -> Option<usize> {
 
 /// `digest` zero-padded or truncated to `len` bytes (guest-components' rule).
 pub fn fit_to_field(digest: &[u8], len: usize) -> Vec<u8> {
-    let mut out = digest[..digest.len().min(len)].to_vec();
+    let mut out: Vec<u8> = digest.iter().copied().take(len).collect();
     out.resize(len, 0);
     out
 }
@@ -127,13 +127,15 @@ impl Initdata {
         Ok(Self { raw, algorithm: doc.algorithm, data: doc.data })
     }
 
-    pub fn digest(&self) -> Vec<u8> {
-        digest(&self.algorithm, self.raw.as_bytes()).expect("algorithm checked at parse")
+    /// The digest of the raw document. Fails only if `algorithm` was changed
+    /// after [`Initdata::parse`] to one that is not supported.
+    pub fn digest(&self) -> Result<Vec<u8>, InitdataError> {
+        digest(&self.algorithm, self.raw.as_bytes())
     }
 
     /// Compares the digest with the attester's measurement field ([`bind`]).
     pub fn verify(&self, attester: &dyn Attester) -> Result<Binding, InitdataError> {
-        bind(attester, &self.digest())
+        bind(attester, &self.digest()?)
     }
 }
 
@@ -157,16 +159,25 @@ mod tests {
     #[test]
     fn matching_digest_is_accepted() {
         let init = Initdata::parse(DOC.into()).unwrap();
-        let attester = SampleAttester { initdata: Some(init.digest()), ..Default::default() };
+        let attester = SampleAttester { initdata: Some(init.digest().unwrap()), ..Default::default() };
         init.verify(&attester).unwrap();
     }
 
     #[test]
     fn sha256_digest_is_zero_padded_into_a_48_byte_field() {
         let init = Initdata::parse(DOC.replace("sha384", "sha256")).unwrap();
-        let mut field = init.digest();
+        let mut field = init.digest().unwrap();
         field.resize(48, 0);
         init.verify(&SampleAttester { initdata: Some(field), ..Default::default() }).unwrap();
+    }
+
+    #[test]
+    fn digest_with_an_algorithm_changed_after_parse_is_an_error() {
+        let mut init = Initdata::parse(DOC.into()).unwrap();
+        init.algorithm = "md5".into();
+        let err = init.digest().unwrap_err();
+        assert!(matches!(err, InitdataError::Algorithm(ref a) if a == "md5"), "{err}");
+        assert!(init.verify(&SampleAttester::default()).is_err());
     }
 
     #[test]

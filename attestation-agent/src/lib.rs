@@ -6,12 +6,15 @@
 //! session, resource JWE), [`measurement`] (runtime event log and registers),
 //! [`initdata`] (the measured config), [`config`], [`service`] (ttrpc
 //! handlers) and [`server`] (unix socket). The binary only wires these.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 pub mod agent;
 pub mod attester;
 pub mod config;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
+// Fuzz harness code: its asserts and unwraps are meant to panic (a panic is the fuzzer's finding).
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 pub mod fuzzing;
 pub mod initdata;
 pub mod jcs;

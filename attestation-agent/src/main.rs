@@ -6,6 +6,7 @@
 //! guest-components' AA with: `--attestation_sock unix:///…`,
 //! `--initdata-toml FILE` (when the pod has initdata) and `-c FILE` (the
 //! initdata's aa.toml, when there is one).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -124,7 +124,7 @@ impl EventLog {
             Err(e) => return Err(io_err(&self.wal)(e)),
         };
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(Record::Event { seq, register, ref digest, .. }) = pending {
+        if let Some(ref record @ Record::Event { seq, register, ref digest, .. }) = pending {
             let committed = state.records.iter().any(|r| matches!(r, Record::Event { seq: s, .. } if *s == seq));
             if !committed {
                 let replayed = replay(&state.records, register)?;
@@ -143,7 +143,7 @@ impl EventLog {
                         register,
                         "committing an event whose register extension happened before a crash"
                     );
-                    let record = pending.clone().expect("pending");
+                    let record = record.clone();
                     append(&self.path, &record)?;
                     state.records.push(record);
                     state.next_seq = state.next_seq.max(seq + 1);
@@ -274,7 +274,7 @@ fn read_records(path: &Path) -> Result<Vec<Record>, MeasurementError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_err(path)(e)),
     };
-    let raw = {
+    let mut raw = {
         let mut buf = Vec::new();
         use std::io::Read;
         BufReader::new(file).read_to_end(&mut buf).map_err(io_err(path))?;
@@ -292,8 +292,9 @@ fn read_records(path: &Path) -> Result<Vec<Record>, MeasurementError> {
         f.set_len(complete as u64).map_err(io_err(path))?;
         f.sync_all().map_err(io_err(path))?;
     }
+    raw.truncate(complete);
     let mut records = Vec::new();
-    for (i, line) in raw[..complete].lines().enumerate() {
+    for (i, line) in raw.lines().enumerate() {
         let line = line.map_err(io_err(path))?;
         let record: Record = serde_json::from_str(&line).map_err(|e| MeasurementError::Corrupt {
             path: path.to_owned(),
@@ -305,8 +306,14 @@ fn read_records(path: &Path) -> Result<Vec<Record>, MeasurementError> {
     Ok(records)
 }
 
+/// A record as one JSON line's bytes (no newline).
+fn encode(record: &Record) -> Result<Vec<u8>, MeasurementError> {
+    serde_json::to_vec(record)
+        .map_err(|e| MeasurementError::InvalidEvent(format!("cannot encode the event record: {e}")))
+}
+
 fn append(path: &Path, record: &Record) -> Result<(), MeasurementError> {
-    let mut line = serde_json::to_vec(record).expect("records serialize");
+    let mut line = encode(record)?;
     line.push(b'\n');
     let mut f = OpenOptions::new().create(true).append(true).open(path).map_err(io_err(path))?;
     f.write_all(&line).map_err(io_err(path))?;
@@ -315,7 +322,7 @@ fn append(path: &Path, record: &Record) -> Result<(), MeasurementError> {
 
 fn write_wal(wal: &Path, record: &Record) -> Result<(), MeasurementError> {
     let mut f = File::create(wal).map_err(io_err(wal))?;
-    f.write_all(&serde_json::to_vec(record).expect("records serialize")).map_err(io_err(wal))?;
+    f.write_all(&encode(record)?).map_err(io_err(wal))?;
     f.sync_all().map_err(io_err(wal))
 }
 

@@ -93,9 +93,27 @@ pub struct ImageSection {
     pub min_transfer_rate: Option<u64>,
 }
 
+/// What an empty `[image]` table parses to (a unit test holds the two equal).
 impl Default for ImageSection {
     fn default() -> Self {
-        toml::from_str("").expect("every [image] key has a default")
+        ImageSection {
+            work_dir: default_work_dir(),
+            image_security_policy_uri: None,
+            image_security_policy: None,
+            sigstore_config_uri: None,
+            sigstore_config: None,
+            authenticated_registry_credentials_uri: None,
+            registry_configuration_uri: None,
+            registry_config: None,
+            max_concurrent_layer_downloads_per_image: default_max_concurrent(),
+            image_pull_proxy: None,
+            extra_root_certificates: Vec::new(),
+            pull_deadline_secs: default_pull_deadline_secs(),
+            require_signature_policy: false,
+            free_space_reserve_percent: None,
+            free_space_reserve_bytes: None,
+            min_transfer_rate: None,
+        }
     }
 }
 
@@ -111,9 +129,15 @@ pub struct CdhConfig {
     pub image: ImageSection,
 }
 
+/// What an empty cdh.toml parses to (a unit test holds the two equal).
 impl Default for CdhConfig {
     fn default() -> Self {
-        toml::from_str("").expect("every key has a default")
+        CdhConfig {
+            socket: default_socket(),
+            kbc: KbcConfig::default(),
+            aa: AaConfig::default(),
+            image: ImageSection::default(),
+        }
     }
 }
 
@@ -263,6 +287,12 @@ fn unknown_keys(root: &toml::Table) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_are_what_an_empty_file_parses_to() {
+        assert_eq!(CdhConfig::default(), toml::from_str::<CdhConfig>("").unwrap());
+        assert_eq!(ImageSection::default(), toml::from_str::<ImageSection>("").unwrap());
+    }
 
     const GUEST_COMPONENTS_EXAMPLE: &str = r#"
 socket = "unix:///run/confidential-containers/cdh.sock"

@@ -2,6 +2,7 @@
 //! is. Reads the config, then serves the api services on its socket until
 //! SIGTERM or SIGINT. Without `-c`, the defaults (socket
 //! unix:///run/confidential-containers/cdh.sock, no signature policy).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

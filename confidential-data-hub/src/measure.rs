@@ -40,8 +40,9 @@ pub enum Measured {
 /// guest-components' event content for a pull, byte for byte (their format
 /// string, with the values JSON-escaped).
 pub fn pull_event_content(image: &str, digest: &str) -> String {
-    let quote = |s: &str| serde_json::to_string(s).expect("strings serialise");
-    format!(r#"{{"image":{}, "digest":{}}}"#, quote(image), quote(digest))
+    // A JSON string value displays as its escaped, quoted serialization.
+    let (image, digest) = (serde_json::Value::from(image), serde_json::Value::from(digest));
+    format!(r#"{{"image":{image}, "digest":{digest}}}"#)
 }
 
 pub struct Measurer {

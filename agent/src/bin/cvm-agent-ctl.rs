@@ -3,6 +3,7 @@
 //! Exit status: 0 on success; 1 when the agent answered with a non-OK ttrpc
 //! status (code and message on stderr); 2 on a usage or request-body error;
 //! 3 when the agent could not be reached or did not answer in time.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -6,6 +6,7 @@
 //! are installed (not a blocked sigwait): the agent, as kata's, reads SigCgt
 //! and turns SIGTERM to an init without a handler into SIGKILL. Handlers only
 //! call async-signal-safe functions (waitpid, _exit).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 extern "C" fn exit_zero(_: libc::c_int) {
     // SAFETY: _exit is async-signal-safe.

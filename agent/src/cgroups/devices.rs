@@ -280,7 +280,8 @@ fn load(insns: &[Insn]) -> io::Result<OwnedFd> {
             attr.log_size = log.len() as u32;
             attr.log_buf = log.as_mut_ptr() as u64;
             let _ = bpf(BPF_PROG_LOAD, &mut attr);
-            let text = String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned();
+            let end = log.iter().position(|&b| b == 0).unwrap_or(0);
+            let text = String::from_utf8_lossy(log.get(..end).unwrap_or_default()).into_owned();
             Err(io::Error::new(e.kind(), format!("{e}; verifier log: {}", text.trim())))
         }
         Err(e) => Err(e),

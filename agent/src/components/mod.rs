@@ -58,13 +58,12 @@ pub enum Procs {
 impl Procs {
     /// The components to start, in order.
     pub fn components(self) -> &'static [Component] {
-        let n = match self {
-            Procs::None => 0,
-            Procs::AttestationAgent => 1,
-            Procs::ConfidentialDataHub => 2,
-            Procs::ApiServerRest => 3,
-        };
-        &Component::ALL[..n]
+        match self {
+            Procs::None => &[],
+            Procs::AttestationAgent => &[Component::AttestationAgent],
+            Procs::ConfidentialDataHub => &[Component::AttestationAgent, Component::ConfidentialDataHub],
+            Procs::ApiServerRest => &Component::ALL,
+        }
     }
 }
 

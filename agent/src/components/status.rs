@@ -58,15 +58,13 @@ impl StatusBoard {
     /// Updates (or adds) the entry of `c`.
     pub fn update(&self, c: Component, f: impl FnOnce(&mut ComponentStatus)) {
         let mut all = self.lock();
-        let i = match all.iter().position(|s| s.component == c) {
-            Some(i) => i,
-            None => {
-                all.push(ComponentStatus { component: c, state: State::Starting, pid: None, restarts: 0 });
-                all.sort_by_key(|s| s.component);
-                all.iter().position(|s| s.component == c).unwrap_or(0)
-            }
-        };
-        f(&mut all[i]);
+        if !all.iter().any(|s| s.component == c) {
+            all.push(ComponentStatus { component: c, state: State::Starting, pid: None, restarts: 0 });
+            all.sort_by_key(|s| s.component);
+        }
+        if let Some(entry) = all.iter_mut().find(|s| s.component == c) {
+            f(entry);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ComponentStatus>> {

@@ -69,7 +69,7 @@ fn open_namespace(path: &Path, kind: NsKind) -> Result<OwnedFd, NsPathError> {
     if fs.f_type as libc::c_long != NSFS_MAGIC {
         return Err(NsPathError::NotNamespace { path: path.to_path_buf() });
     }
-    let reopen = CString::new(format!("/proc/self/fd/{}", handle.as_raw_fd())).expect("no NUL in a number");
+    let reopen = CString::new(format!("/proc/self/fd/{}", handle.as_raw_fd())).map_err(|e| os_err(path)(e.into()))?;
     let fd = open(&reopen, libc::O_RDONLY).map_err(os_err(path))?;
     let (a, b) = (fstat(&handle).map_err(os_err(path))?, fstat(&fd).map_err(os_err(path))?);
     if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {

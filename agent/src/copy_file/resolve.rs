@@ -75,7 +75,7 @@ fn fresh_name() -> io::Result<CString> {
     if n != buf.len() as isize {
         return Err(io::Error::last_os_error());
     }
-    Ok(CString::new(format!(".cvm-copy-{:016x}", u64::from_ne_bytes(buf))).expect("no NUL in hex"))
+    Ok(CString::new(format!(".cvm-copy-{:016x}", u64::from_ne_bytes(buf)))?)
 }
 
 impl Parent {

@@ -13,8 +13,8 @@ fn parse<T: serde::de::DeserializeOwned>(method: &'static str, body: &str) -> Re
     serde_json::from_str(body).map_err(|source| DispatchError::Ctl(CtlError::BadBody { method, source }))
 }
 
-fn to_json<T: serde::Serialize>(resp: &T) -> serde_json::Value {
-    serde_json::to_value(resp).expect("generated messages serialise to JSON")
+fn to_json<T: serde::Serialize>(method: &'static str, resp: &T) -> Result<serde_json::Value, DispatchError> {
+    serde_json::to_value(resp).map_err(|source| DispatchError::Ctl(CtlError::BadResponse { method, source }))
 }
 
 macro_rules! dispatch_table {
@@ -36,12 +36,12 @@ macro_rules! dispatch_table {
                 $(stringify!($name) => {
                     let req: $req = parse(stringify!($name), body)?;
                     let resp = AgentServiceClient::new(client.clone()).$snake(ctx, &req).await?;
-                    Ok(to_json(&resp))
+                    to_json(stringify!($name), &resp)
                 })*
                 $(stringify!($hname) => {
                     let req: $hreq = parse(stringify!($hname), body)?;
                     let resp = HealthClient::new(client.clone()).$hsnake(ctx, &req).await?;
-                    Ok(to_json(&resp))
+                    to_json(stringify!($hname), &resp)
                 })*
                 other => Err(DispatchError::Ctl(CtlError::UnknownMethod(other.to_owned()))),
             }

@@ -38,6 +38,8 @@ pub enum CtlError {
     UnknownMethod(String),
     #[error("request body for {method} is not valid: {source}")]
     BadBody { method: &'static str, source: serde_json::Error },
+    #[error("cannot render the {method} response as JSON: {source}")]
+    BadResponse { method: &'static str, source: serde_json::Error },
     #[error("cannot read request body from {path}: {source}")]
     BodyFile { path: PathBuf, source: std::io::Error },
     /// The agent answered with a non-OK ttrpc status.
@@ -110,7 +112,8 @@ pub async fn call_on(client: &Client, method: &str, body: &str, timeout: Duratio
         DispatchError::Ctl(e) => e,
         DispatchError::Rpc(e) => CtlError::from_ttrpc(e, timeout),
     })?;
-    Ok(serde_json::to_string_pretty(&response).expect("serde_json::Value always serialises"))
+    // `{:#}` is serde_json's pretty form (two-space indent), and cannot fail.
+    Ok(format!("{response:#}"))
 }
 
 /// What the per-method dispatch can fail with, before mapping ttrpc errors.

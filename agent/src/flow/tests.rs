@@ -184,3 +184,25 @@ fn counts_what_ttrpc_answers_and_nothing_else() {
     assert!(in_flight.answered(1));
     assert!(!in_flight.answered(1));
 }
+
+/// A transport that claims to have written more than it was given.
+struct Overclaims;
+
+impl AsyncWrite for Overclaims {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len() + 1))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn a_transport_overclaiming_a_write_fails_the_connection() {
+    let mut agent = FlowSocket::new(Overclaims);
+    let err = agent.write(&frame(TYPE_RESPONSE, 1, b"ok")).await.unwrap_err();
+    assert!(err.to_string().contains("13 bytes written of a 12-byte buffer"), "{err}");
+}

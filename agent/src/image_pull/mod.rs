@@ -63,13 +63,19 @@ pub struct PullCounters {
 impl PullCounters {
     pub fn record(&self, result: &Result<String, PullError>, took: Duration) {
         let code = result.as_ref().map_or_else(|e| e.code, |_| ttrpc::Code::OK);
-        let idx = OUTCOMES.iter().position(|(_, c)| *c == code).unwrap_or(OUTCOMES.len() - 1);
-        self.by_outcome[idx].fetch_add(1, Ordering::Relaxed);
+        let slot = OUTCOMES.iter().position(|(_, c)| *c == code).and_then(|i| self.by_outcome.get(i));
+        if let Some(count) = slot.or(self.by_outcome.last()) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
         self.duration_micros.fetch_add(took.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
     }
 
     pub fn pulls(&self, outcome: &str) -> u64 {
-        OUTCOMES.iter().position(|(n, _)| *n == outcome).map_or(0, |i| self.by_outcome[i].load(Ordering::Relaxed))
+        OUTCOMES
+            .iter()
+            .position(|(n, _)| *n == outcome)
+            .and_then(|i| self.by_outcome.get(i))
+            .map_or(0, |count| count.load(Ordering::Relaxed))
     }
 
     /// Appends the counters in Prometheus text format.
@@ -80,8 +86,8 @@ impl PullCounters {
             out,
             "# HELP {name} Guest image pulls (image_guest_pull storages) by outcome.\n# TYPE {name} counter\n"
         );
-        for (i, (outcome, _)) in OUTCOMES.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {}", self.by_outcome[i].load(Ordering::Relaxed));
+        for ((outcome, _), count) in OUTCOMES.iter().zip(&self.by_outcome) {
+            let _ = writeln!(out, "{name}{{outcome=\"{outcome}\"}} {}", count.load(Ordering::Relaxed));
         }
         let name = "cvm_agent_guest_pull_duration_seconds_sum";
         let secs = self.duration_micros.load(Ordering::Relaxed) as f64 / 1e6;

@@ -179,8 +179,9 @@ pub fn v1_controllers(proc_cgroups: &str) -> Vec<String> {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let numeric = f.len() == 4 && f[1..].iter().all(|n| n.parse::<u64>().is_ok());
-            (numeric && f[3] != "0").then(|| f[0])
+            let [name, hierarchy, num_cgroups, enabled] = f.as_slice() else { return None };
+            let numeric = [hierarchy, num_cgroups, enabled].iter().all(|n| n.parse::<u64>().is_ok());
+            (numeric && *enabled != "0").then_some(*name)
         })
         .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
         .map(str::to_owned)
@@ -220,8 +221,7 @@ pub fn ensure_console() {
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1 {
             continue;
         }
-        for path in ["/dev/console", "/dev/null"] {
-            let p = CString::new(path).expect("static path has no NUL");
+        for p in [c"/dev/console", c"/dev/null"] {
             // SAFETY: valid C string; the returned fd is owned by this process.
             let opened = unsafe { libc::open(p.as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
             if opened < 0 {

@@ -90,7 +90,7 @@ fn switch() -> io::Result<std::convert::Infallible> {
     let mut env: Vec<CString> = std::env::vars_os()
         .filter_map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).ok())
         .collect();
-    env.push(CString::new(format!("{SWITCHED_MARKER}=1")).expect("no NUL"));
+    env.push(CString::new(format!("{SWITCHED_MARKER}=1"))?);
     let argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
     let envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).chain([std::ptr::null()]).collect();
     // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.

@@ -69,10 +69,9 @@ impl Stream {
 
     /// Writes all of `data`, waiting while the pipe is full.
     pub async fn write_all(&self, data: &[u8]) -> io::Result<()> {
-        let mut off = 0;
-        while off < data.len() {
+        let mut rest = data;
+        while !rest.is_empty() {
             let mut guard = self.fd.writable().await?;
-            let rest = &data[off..];
             // SAFETY: writing from a valid buffer.
             match guard.try_io(|fd| {
                 let n = unsafe { libc::write(fd.as_raw_fd(), rest.as_ptr() as *const libc::c_void, rest.len()) };
@@ -82,7 +81,7 @@ impl Stream {
                     Ok(n as usize)
                 }
             }) {
-                Ok(Ok(n)) => off += n,
+                Ok(Ok(n)) => rest = rest.get(n..).unwrap_or_default(),
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
             }

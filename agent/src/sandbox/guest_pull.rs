@@ -228,10 +228,11 @@ impl GuestPull<'_> {
         };
         let process = read_bundle_process(&self.pause_bundle.join("config.json")).map_err(missing)?;
         let program = process.args.first().ok_or_else(|| missing("config.json has no process.args".into()))?;
-        let rel = program
+        let (rel, name) = program
             .strip_prefix('/')
             .map(Path::new)
-            .filter(|r| r.components().all(|c| matches!(c, std::path::Component::Normal(_))) && r.file_name().is_some())
+            .filter(|r| r.components().all(|c| matches!(c, std::path::Component::Normal(_))))
+            .and_then(|r| r.file_name().map(|name| (r, Path::new(name))))
             .ok_or_else(|| missing(format!("args[0] {program:?} is not a clean absolute path")))?;
         let src = self.pause_bundle.join("rootfs").join(rel);
         let mut bytes = Vec::new();
@@ -246,7 +247,6 @@ impl GuestPull<'_> {
         let rootfs_rel = Path::new(cid).join("rootfs");
         let write = || -> std::io::Result<()> {
             let dir = beneath::mkdir_all_beneath(&base_fd, &rootfs_rel.join(rel.parent().unwrap_or(Path::new(""))))?;
-            let name = Path::new(rel.file_name().expect("checked above"));
             let fd =
                 beneath::open_beneath(&dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW)?;
             // SAFETY: fchmod on our fresh fd.

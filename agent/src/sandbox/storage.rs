@@ -149,10 +149,11 @@ fn io_err<'a>(what: &str, p: &'a str) -> impl FnOnce(std::io::Error) -> RuntimeE
 
 /// Opens a bind source: absolute, O_PATH|O_NOFOLLOW, and not a symlink.
 fn open_source(src: &str) -> Result<(OwnedFd, bool), RuntimeError> {
-    if !src.starts_with('/') || src.contains('\0') {
-        return Err(RuntimeError::InvalidArgument(format!("bind storage source {src:?} is not an absolute path")));
+    let not_absolute = || RuntimeError::InvalidArgument(format!("bind storage source {src:?} is not an absolute path"));
+    if !src.starts_with('/') {
+        return Err(not_absolute());
     }
-    let c = std::ffi::CString::new(Path::new(src).as_os_str().as_bytes()).expect("checked for NUL");
+    let c = std::ffi::CString::new(Path::new(src).as_os_str().as_bytes()).map_err(|_| not_absolute())?;
     // SAFETY: valid C string; the fd is ours.
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
     if fd < 0 {
@@ -363,6 +364,8 @@ mod tests {
         let e = open_source(&link).unwrap_err().to_string();
         assert!(e.contains("is a symlink") && e.contains(&link), "{e}");
         assert!(open_source("etc/passwd").unwrap_err().to_string().contains("not an absolute path"));
+        let e = open_source("/etc\0/passwd").unwrap_err();
+        assert!(matches!(e, RuntimeError::InvalidArgument(_)) && e.to_string().contains("not an absolute path"), "{e}");
         assert!(open_source(&dir.path().display().to_string()).unwrap().1);
     }
 }

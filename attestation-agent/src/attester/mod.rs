@@ -207,10 +207,26 @@ pub fn detect(io: &dyn KernelIo) -> Result<TeeKind, AttesterError> {
 
 /// report_data zero-padded to the 64-byte hardware field.
 pub fn pad_report_data(data: &[u8]) -> Result<[u8; REPORT_DATA_LEN], AttesterError> {
-    if data.len() > REPORT_DATA_LEN {
-        return Err(AttesterError::ReportDataTooLong(data.len()));
-    }
     let mut out = [0u8; REPORT_DATA_LEN];
-    out[..data.len()].copy_from_slice(data);
+    let Some(prefix) = out.get_mut(..data.len()) else {
+        return Err(AttesterError::ReportDataTooLong(data.len()));
+    };
+    prefix.copy_from_slice(data);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_data_is_zero_padded_and_never_longer_than_the_field() {
+        let padded = pad_report_data(&[7; 10]).unwrap();
+        assert_eq!(padded[..10], [7; 10]);
+        assert_eq!(padded[10..], [0; REPORT_DATA_LEN - 10]);
+        assert_eq!(pad_report_data(&[1; REPORT_DATA_LEN]).unwrap(), [1; REPORT_DATA_LEN]);
+        let err = pad_report_data(&[1; REPORT_DATA_LEN + 1]).unwrap_err();
+        assert!(matches!(err, AttesterError::ReportDataTooLong(65)), "{err}");
+        assert!(err.to_string().contains("at most 64"), "{err}");
+    }
 }

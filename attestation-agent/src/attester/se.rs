@@ -182,7 +182,11 @@ impl Attester for SeAttester {
         }
         let response = SeAttestationResponse {
             measurement,
-            additional_data: additional[..attest.add_data_len.min(add_len as u32) as usize].to_vec(),
+            additional_data: {
+                // The Ultravisor reports how much of the buffer it filled.
+                additional.truncate(attest.add_data_len as usize);
+                additional
+            },
             user_data: user_data[..REPORT_DATA_LEN].to_vec(),
             cuid: attest.config_uid.to_vec(),
             encr_measurement_key: request.encr_measurement_key,

@@ -95,23 +95,23 @@ impl SnpAttester {
     }
 
     /// Raw report and raw certificate table binding `report_data`.
-    pub fn raw_report(&self, report_data: &[u8; 64]) -> Result<(Vec<u8>, Option<Vec<u8>>), AttesterError> {
+    pub fn raw_report(&self, report_data: &[u8; 64]) -> Result<([u8; REPORT_LEN], Option<Vec<u8>>), AttesterError> {
         let (report, certs) = if tsm::available(self.io.as_ref(), &self.tsm_root) {
             let r = tsm::get_report(self.io.as_ref(), &self.tsm_root, "sev_guest", report_data, true)?;
             (r.outblob, r.auxblob)
         } else {
             self.ext_report_ioctl(report_data)?
         };
-        if report.len() < REPORT_LEN {
+        let Some(fixed) = report.first_chunk::<REPORT_LEN>() else {
             return Err(AttesterError::Malformed(format!(
                 "SNP report is {} bytes, expected {REPORT_LEN}",
                 report.len()
             )));
-        }
-        if report[REPORT_DATA_OFFSET..REPORT_DATA_OFFSET + 64] != report_data[..] {
+        };
+        if fixed[REPORT_DATA_OFFSET..REPORT_DATA_OFFSET + 64] != report_data[..] {
             return Err(AttesterError::Malformed("SNP report does not carry the report_data we asked for".into()));
         }
-        Ok((report[..REPORT_LEN].to_vec(), certs))
+        Ok((*fixed, certs))
     }
 
     fn ext_report_ioctl(&self, report_data: &[u8; 64]) -> Result<(Vec<u8>, Option<Vec<u8>>), AttesterError> {
@@ -151,8 +151,9 @@ impl SnpAttester {
                     source: err,
                 });
             }
-            let status = u32::from_le_bytes(resp.data[0..4].try_into().expect("4 bytes"));
-            let size = u32::from_le_bytes(resp.data[4..8].try_into().expect("4 bytes")) as usize;
+            let [s0, s1, s2, s3, z0, z1, z2, z3, ..] = resp.data;
+            let status = u32::from_le_bytes([s0, s1, s2, s3]);
+            let size = u32::from_le_bytes([z0, z1, z2, z3]) as usize;
             if status != 0 {
                 return Err(AttesterError::Malformed(format!("SNP firmware report status {status:#x}")));
             }
@@ -173,14 +174,15 @@ pub fn parse_cert_table(table: &[u8]) -> Result<Vec<CertTableEntry>, AttesterErr
     let mut at = 0usize;
     loop {
         let entry = table
-            .get(at..at + CERT_ENTRY_LEN)
+            .get(at..)
+            .and_then(<[u8]>::first_chunk::<CERT_ENTRY_LEN>)
             .ok_or_else(|| AttesterError::Malformed("SNP certificate table is not terminated".into()))?;
-        let guid = &entry[..16];
+        let [guid @ .., o0, o1, o2, o3, l0, l1, l2, l3] = entry;
         if guid.iter().all(|b| *b == 0) {
             break;
         }
-        let offset = u32::from_le_bytes(entry[16..20].try_into().expect("4 bytes")) as usize;
-        let length = u32::from_le_bytes(entry[20..24].try_into().expect("4 bytes")) as usize;
+        let offset = u32::from_le_bytes([*o0, *o1, *o2, *o3]) as usize;
+        let length = u32::from_le_bytes([*l0, *l1, *l2, *l3]) as usize;
         let data = offset.checked_add(length).and_then(|end| table.get(offset..end)).ok_or_else(|| {
             AttesterError::Malformed(format!(
                 "SNP certificate entry {} points at {offset}+{length}, outside the {}-byte table",
@@ -188,7 +190,7 @@ pub fn parse_cert_table(table: &[u8]) -> Result<Vec<CertTableEntry>, AttesterErr
                 table.len()
             ))
         })?;
-        let uuid = uuid::Uuid::from_slice(guid).map_err(|e| AttesterError::Malformed(e.to_string()))?;
+        let uuid = uuid::Uuid::from_bytes(*guid);
         let cert =
             CertTableEntry::from_guid(&uuid, data.to_vec()).map_err(|e| AttesterError::Malformed(e.to_string()))?;
         entries.push(cert);
@@ -249,5 +251,14 @@ mod tests {
         table[..16].copy_from_slice(&[0x63; 16]);
         table[20..24].copy_from_slice(&4u32.to_le_bytes());
         assert!(parse_cert_table(&table).unwrap_err().to_string().contains("not terminated"));
+    }
+
+    #[test]
+    fn cert_table_shorter_than_one_entry_is_refused() {
+        for len in [0, 1, 16, CERT_ENTRY_LEN - 1] {
+            let table = vec![0x63u8; len];
+            let err = parse_cert_table(&table).unwrap_err();
+            assert!(err.to_string().contains("not terminated"), "{len} bytes: {err}");
+        }
     }
 }

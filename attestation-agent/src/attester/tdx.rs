@@ -78,7 +78,7 @@ impl TdxAttester {
     }
 
     /// The 1024-byte TDREPORT binding `report_data`.
-    pub fn tdreport(&self, report_data: &[u8; 64]) -> Result<Vec<u8>, AttesterError> {
+    pub fn tdreport(&self, report_data: &[u8; 64]) -> Result<[u8; TDREPORT_LEN], AttesterError> {
         let mut req = Box::new(TdxReportReq { reportdata: *report_data, tdreport: [0; TDREPORT_LEN] });
         // SAFETY: `req` is the struct TDX_CMD_GET_REPORT0 encodes; it lives across the call.
         unsafe { self.io.ioctl(&self.device, TDX_CMD_GET_REPORT0, &mut *req as *mut TdxReportReq as *mut c_void) }
@@ -86,7 +86,7 @@ impl TdxAttester {
         if req.tdreport[TDREPORT_REPORTDATA..TDREPORT_REPORTDATA + 64] != report_data[..] {
             return Err(AttesterError::Malformed("TDREPORT does not carry the report_data we asked for".into()));
         }
-        Ok(req.tdreport.to_vec())
+        Ok(req.tdreport)
     }
 
     fn rtmr_file(&self, index: u64) -> Result<PathBuf, AttesterError> {
@@ -149,7 +149,10 @@ impl Attester for TdxAttester {
         }
         let report = self.tdreport(&[0; 64])?;
         let at = TDREPORT_RTMR0 + 48 * index as usize;
-        Ok(report[at..at + 48].to_vec())
+        report
+            .get(at..at + 48)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| AttesterError::Invalid(format!("RTMR index {index} out of range (0..=3)")))
     }
 
     fn initdata_field(&self) -> Result<Vec<u8>, AttesterError> {

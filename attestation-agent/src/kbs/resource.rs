@@ -38,10 +38,10 @@ impl ResourcePath {
             return Err(bad("query strings and fragments are not supported"));
         }
         let segments: Vec<&str> = path.split('/').collect();
-        if segments.len() != 3 {
+        let [repository, kind, tag] = segments.as_slice() else {
             return Err(bad("expected exactly <repository>/<type>/<tag>"));
-        }
-        for s in &segments {
+        };
+        for s in [repository, kind, tag] {
             if s.is_empty() || *s == "." || *s == ".." {
                 return Err(bad("empty, '.' or '..' segment"));
             }
@@ -52,7 +52,7 @@ impl ResourcePath {
                 return Err(bad("segments may only contain A-Z a-z 0-9 . _ -"));
             }
         }
-        Ok(Self { repository: segments[0].into(), kind: segments[1].into(), tag: segments[2].into() })
+        Ok(Self { repository: (*repository).into(), kind: (*kind).into(), tag: (*tag).into() })
     }
 }
 

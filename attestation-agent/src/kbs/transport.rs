@@ -184,7 +184,7 @@ fn error_chain(err: &reqwest::Error) -> String {
 
 /// An error body quoted for a message: bounded, printable.
 pub fn quote(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(MAX_QUOTED)]);
+    let text = String::from_utf8_lossy(body.get(..MAX_QUOTED).unwrap_or(body));
     text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
 }
 
