@@ -36,7 +36,7 @@ deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	@$(MAKE) -s vhost-device-vsock
+	@$(MAKE) -s vhost-device-vsock cargo-fuzz
 
 # The host end of the guest's vsock (no /dev/vhost-vsock needed). Installed
 # once into ~/.cargo/bin (about 3.5 min cold), then reused.
@@ -44,6 +44,12 @@ vhost-device-vsock:
 	@command -v vhost-device-vsock >/dev/null || { \
 	  echo "installing vhost-device-vsock (cargo install, ~3.5 min once)"; \
 	  $(CARGO) install --locked vhost-device-vsock; }
+
+# The fuzz runner (fuzz/run.sh), once into ~/.cargo/bin (about 1 min cold).
+cargo-fuzz:
+	@command -v cargo-fuzz >/dev/null || { \
+	  echo "installing cargo-fuzz (cargo install, ~1 min once)"; \
+	  $(CARGO) install --locked cargo-fuzz; }
 
 build: check-tools
 	$(CARGO) build --workspace --all-targets
@@ -62,8 +68,10 @@ fmt:
 
 # Test peers, lint, then every test in the workspace (unit, wire contract,
 # integration against real registries). CI=true makes a missing peer fatal.
+# Then every fuzz target for 20 s without ASan (fuzz-ci; own target dir).
 test: deps lint rootfs
 	$(CARGO) test --workspace
+	@$(MAKE) -s fuzz-ci
 
 # The guest image: initramfs (cpio newc, reproducible) + uncompressed kernel
 # in target/rootfs; prints its sha256 and size. Needs root (device nodes).
@@ -148,12 +156,18 @@ soak: deps
 # with its input under fuzz/artifacts/<target>/. Inputs kept under
 # fuzz/regressions/<target>/ are replayed by the owning crate's `cargo test`.
 FUZZ_SECONDS ?= 60
-.PHONY: fuzz fuzz-build
+FUZZ_SANITIZER ?= address
+.PHONY: fuzz fuzz-build fuzz-ci cargo-fuzz
 fuzz:
-	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" CARGO=$(CARGO) sh fuzz/run.sh
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SANITIZER=$(FUZZ_SANITIZER) FUZZ_TARGETS="$(FUZZ_TARGETS)" CARGO=$(CARGO) sh fuzz/run.sh
+
+# The CI step of `make test`: 20 s per target, no sanitizer (see the README
+# for its cost).
+fuzz-ci:
+	FUZZ_SECONDS=20 FUZZ_SANITIZER=none FUZZ_TARGETS="$(FUZZ_TARGETS)" CARGO=$(CARGO) sh fuzz/run.sh
 
 fuzz-build:
-	$(CARGO) +nightly fuzz build --fuzz-dir fuzz
+	FUZZ_SECONDS=0 FUZZ_SANITIZER=$(FUZZ_SANITIZER) CARGO=$(CARGO) sh fuzz/run.sh
 
 clean:
 	$(CARGO) clean
