@@ -92,20 +92,7 @@ async fn sampler(
         tick.tick().await;
         let Some(p) = *phase.lock().unwrap() else { continue };
         let s = probe.sample(p);
-        println!(
-            "soak t={:>6.0}s {:<7} agent rss={} KiB fds={} threads={} | mounts={} cgroups={} | hub rss={} KiB fds={} threads={} | ops={}",
-            s.t_secs,
-            format!("{p:?}").to_lowercase(),
-            s.agent.rss_kib,
-            s.agent.fds,
-            s.agent.threads,
-            s.mounts,
-            s.cgroups,
-            s.hub.rss_kib,
-            s.hub.fds,
-            s.hub.threads,
-            s.ops
-        );
+        println!("soak: {}", Csv::row(&s));
         record(&log, s);
     }
 }
@@ -192,6 +179,7 @@ async fn soak() {
         Arc::new(Probe { agent_pid, hub_pid: hub.child.id(), cgroup_dir, start: Instant::now(), world: world.clone() });
     let log = Arc::new(Mutex::new((Csv::create(&out.join("soak.csv")).unwrap(), Vec::new())));
     let phase = Arc::new(Mutex::new(Some(Phase::Warmup)));
+    println!("soak: {}", Csv::HEADER);
     let sampling = tokio::spawn(sampler(probe.clone(), phase.clone(), log.clone(), every));
     let listener = tokio::spawn(workload::oom_events(world.clone()));
 

@@ -121,9 +121,9 @@ impl Csv {
         Ok(Csv { path: path.to_path_buf(), file })
     }
 
-    pub fn append(&mut self, s: &Sample) -> std::io::Result<()> {
-        writeln!(
-            self.file,
+    /// A sample as a row of the CSV (also the soak's progress line).
+    pub fn row(s: &Sample) -> String {
+        format!(
             "{:.1},{},{},{},{},{},{},{},{},{},{}",
             s.t_secs,
             s.phase.name(),
@@ -137,6 +137,10 @@ impl Csv {
             s.hub.threads,
             s.ops
         )
+    }
+
+    pub fn append(&mut self, s: &Sample) -> std::io::Result<()> {
+        writeln!(self.file, "{}", Self::row(s))
     }
 
     pub fn path(&self) -> &Path {
