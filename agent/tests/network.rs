@@ -233,7 +233,10 @@ async fn a_nic_with_a_device_path_that_appears_late_is_waited_for() {
     let call = tokio::spawn(async move { c.update_interface(ctx(), &req).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!call.is_finished(), "answered before the NIC existed");
-    ns.veth("ens5");
+    // Only the link is made here: the agent is already looking for its MAC
+    // and renames it to eth0 at once, so a later `ip link set ens5 up` of
+    // the test could find no ens5 (seen under load in CI's stand-in).
+    ns.ip(&["link", "add", "ens5", "address", MAC, "type", "veth", "peer", "name", "peer0"]);
     call.await.unwrap().expect("UpdateInterface once the NIC is there");
     assert_eq!(global_addresses(&ns, "eth0"), BTreeSet::from(["10.20.0.2/24".to_owned()]));
 }
