@@ -229,14 +229,11 @@ impl ContainerCgroup {
         <Cgroup as ControllerOf<T>>::dir(&self.cg)
     }
 
-    /// How many times the kernel OOM-killed a process in this cgroup.
-    pub fn oom_kills(&self) -> u64 {
-        let Some(dir) = self.memory_dir() else { return 0 };
+    /// The file whose `oom_kill` line counts the kernel's OOM kills in this
+    /// cgroup (read with [`read_oom_kills`]); None without a memory controller.
+    pub fn oom_kill_file(&self) -> Option<PathBuf> {
         let file = if self.cg.v2() { "memory.events" } else { "memory.oom_control" };
-        std::fs::read_to_string(dir.join(file))
-            .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())))
-            .unwrap_or(0)
+        self.memory_dir().map(|d| d.join(file))
     }
 
     /// Removes the cgroup; fails while processes remain.
@@ -276,6 +273,15 @@ pub fn valid_id(id: &str) -> bool {
         && id.len() <= 128
         && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// The `oom_kill` count in a cgroup's memory.events (v2) or
+/// memory.oom_control (v1); 0 when unreadable (the cgroup is gone).
+pub fn read_oom_kills(file: &Path) -> u64 {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

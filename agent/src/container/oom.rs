@@ -4,14 +4,14 @@
 //! kill is announced before WaitProcess answers and is never lost to a
 //! cgroup removed between two samples.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::cgroups::ContainerCgroup;
+use crate::cgroups::{read_oom_kills, ContainerCgroup};
 
 /// How often the OOM-kill counter of a container is sampled.
 const OOM_POLL: Duration = Duration::from_millis(200);
@@ -26,18 +26,11 @@ struct Counter {
 }
 
 impl Counter {
-    fn read(file: &Path) -> u64 {
-        std::fs::read_to_string(file)
-            .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())))
-            .unwrap_or(0)
-    }
-
     /// Announces a kill when the counter moved past what was announced;
     /// false once nobody can receive events any more.
     fn check(&self) -> bool {
         let Some(file) = &self.file else { return true };
-        let now = Self::read(file);
+        let now = read_oom_kills(file);
         // The sampler and a flush may race: fetch_max lets exactly one announce.
         if self.seen.fetch_max(now, Ordering::AcqRel) >= now {
             return true;
@@ -62,13 +55,11 @@ pub struct OomWatch {
 
 impl OomWatch {
     pub fn spawn(id: String, cgroup: &ContainerCgroup, tx: mpsc::Sender<String>) -> OomWatch {
-        let file =
-            cgroup.memory_dir().map(|d| d.join(if cgroup.is_v2() { "memory.events" } else { "memory.oom_control" }));
-        Self::watch(id, file, tx)
+        Self::watch(id, cgroup.oom_kill_file(), tx)
     }
 
     fn watch(id: String, file: Option<PathBuf>, tx: mpsc::Sender<String>) -> OomWatch {
-        let seen = AtomicU64::new(file.as_deref().map_or(0, Counter::read));
+        let seen = AtomicU64::new(file.as_deref().map_or(0, read_oom_kills));
         let counter = Arc::new(Counter { id, file, seen, tx });
         let c = counter.clone();
         let task = tokio::spawn(async move {
@@ -99,6 +90,8 @@ impl Drop for OomWatch {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn write_count(file: &Path, n: u64) {
